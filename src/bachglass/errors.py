@@ -1,0 +1,45 @@
+"""Errors for bad input that a user can fix, and the one broad boundary that reports them.
+
+A ``BachglassError`` is shown as one line, ``<where>: <what is wrong>; <what to do>``, with no traceback.
+Our own bugs are not ``BachglassError`` and keep their traceback.
+"""
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class BachglassError(Exception):
+    """Bad input the user can fix; its message names the file or key."""
+
+
+class ParamsError(BachglassError):
+    """The merged configuration breaks the schema or a cross-key rule."""
+
+
+class DataError(BachglassError):
+    """A score, manifest, download or NetCDF file is unusable."""
+
+
+class DivergenceError(BachglassError):
+    """The training loss became non-finite."""
+
+
+def run_step(main: Callable[[], None], log: str | Path | None = None) -> None:
+    """Run a workflow step; report a ``BachglassError`` as one line on stderr and in the log, exit 1.
+
+    Progress and library logging go to stderr and, when given, to the rule's log file.
+    """
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True
+    )
+    try:
+        main()
+    except BachglassError as err:
+        logging.getLogger("bachglass").error("error: %s", err)
+        sys.exit(1)

@@ -1,0 +1,152 @@
+"""File input and output: atomic writes, NetCDF with compression, provenance attributes.
+
+Only this module touches files. Every write goes to ``<name>.tmp`` first and is renamed into place with
+``os.replace``, so a killed job never leaves a truncated file under its final name.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from bachglass import __version__
+from bachglass.errors import DataError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically, keys sorted, so identical content gives identical bytes."""
+    write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", path)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file; a missing or malformed file is a ``DataError`` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot read JSON ({err}); re-create it with snakemake {path} -f") from err
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """Zlib + shuffle for every numeric variable; strings stay uncompressed."""
+    enc = {}
+    for name, var in ds.variables.items():
+        if np.issubdtype(var.dtype, np.number) or var.dtype == bool:
+            enc[name] = {"zlib": True, "complevel": 4, "shuffle": True}
+    return enc
+
+
+def write_netcdf(ds: xr.Dataset, path: str | Path) -> None:
+    """Write ``ds`` compressed to ``path`` atomically (netCDF4 format)."""
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+
+
+def read_netcdf(path: str | Path, required: Iterable[str] = ()) -> xr.Dataset:
+    """Load a NetCDF file fully into memory and close it; check that ``required`` variables exist.
+
+    A missing, truncated or incomplete file is a ``DataError`` that names the file and says how to
+    re-create it.
+    """
+    redo = f"re-create it: snakemake {path} -f"
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds = ds.load()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise DataError(f"{path}: not a readable NetCDF file ({err}); {redo}") from err
+    for name in required:
+        if name not in ds.variables:
+            raise DataError(f"{path}: no variable '{name}'; {redo}")
+    return ds
+
+
+def checkpoint_path(output: str | Path) -> Path:
+    """Where the resumable checkpoint of the run that writes ``output`` lives (beside it)."""
+    output = Path(output)
+    return output.with_name(output.stem + ".ckpt.pt")
+
+
+def params_sha256(params: Any) -> str:
+    """SHA-256 of the canonical JSON of the parameters a step used."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_sha256(modules: Iterable[str]) -> str:
+    """SHA-256 over the source of the named ``bachglass`` modules (a commit-independent code version)."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update((PACKAGE_DIR / f"{name}.py").read_bytes())
+    return digest.hexdigest()
+
+
+def provenance(params: Any, modules: Iterable[str]) -> dict[str, str]:
+    """Provenance attributes for a NetCDF output: no dates, so identical inputs give identical bytes."""
+    return {
+        "Conventions": "CF-1.11",
+        "source": f"bachglass {__version__}",
+        "references": "Hertz & Tyrcha, Phys. Rev. E 111, 055307 (2025), doi:10.1103/PhysRevE.111.055307",
+        "bachglass_version": __version__,
+        "code_sha256": code_sha256(modules),
+        "params_sha256": params_sha256(params),
+    }
+
+
+def save_figure(fig: Any, stem: str | Path, formats: Iterable[str], dpi: int) -> list[Path]:
+    """Save a matplotlib figure as ``<stem>.<fmt>`` for each format, atomically; close it.
+
+    Metadata dates are blanked so that re-plotting the same data gives the same bytes.
+    """
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        metadata = {"CreationDate": None} if fmt == "pdf" else {}
+        if fmt == "svg":
+            metadata = {"Date": None}
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def write_tsv(rows: list[dict[str, Any]], path: str | Path, columns: list[str]) -> None:
+    """Write rows as a tab-separated table with a header, atomically."""
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(str(row.get(col, "")) for col in columns) for row in rows]
+    write_text("\n".join(lines) + "\n", path)
+
+
+def read_chorales(path: str | Path) -> list[dict[str, Any]]:
+    """Read ``chorales.json`` (written by the get_chorales step); a bad file is a ``DataError``."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("chorales"), list):
+        raise DataError(f"{path}: no 'chorales' list; re-create it: snakemake {path} -f")
+    return doc["chorales"]

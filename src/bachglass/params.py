@@ -1,0 +1,71 @@
+"""Validation of the study parameters against the JSON schema, plus the cross-key rules a schema cannot say."""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from bachglass.errors import ParamsError
+
+
+def _where(path: Any) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def validate_params(config: Mapping[str, Any], schema: str | Path, source: str = "params.yaml") -> None:
+    """Raise ``ParamsError`` naming ``source`` and the offending key when ``config`` is invalid.
+
+    All schema errors are collected and the first (in key order) is reported, so that the message is
+    stable from run to run.
+    """
+    with open(schema) as fh:
+        schema_doc = yaml.safe_load(fh)
+    validator = jsonschema.Draft202012Validator(schema_doc)
+    errors = sorted(validator.iter_errors(dict(config)), key=lambda e: [str(p) for p in e.path])
+    if errors:
+        err = errors[0]
+        where = _where(err.path)
+        raise ParamsError(f"{source}: {where + ': ' if where else ''}{err.message}")
+    _check_cross_keys(config, source)
+
+
+def _check_cross_keys(config: Mapping[str, Any], source: str) -> None:
+    enc, obs = config["encoding"], config["observables"]
+    if enc["min_quarters"] > enc["max_quarters"]:
+        raise ParamsError(
+            f"{source}: encoding.min_quarters ({enc['min_quarters']}) exceeds "
+            f"encoding.max_quarters ({enc['max_quarters']})"
+        )
+    if list(obs["eps"]) != sorted(obs["eps"], reverse=True):
+        raise ParamsError(f"{source}: observables.eps: {obs['eps']} is not in decreasing order")
+    if list(obs["tau_w"]) != sorted(obs["tau_w"]):
+        raise ParamsError(f"{source}: observables.tau_w: {obs['tau_w']} is not in increasing order")
+    if max(obs["tau_w"]) >= config["train"]["steps"]:
+        raise ParamsError(
+            f"{source}: observables.tau_w: {max(obs['tau_w'])} is not below train.steps "
+            f"({config['train']['steps']}); waiting times must leave room for a lag"
+        )
+    if config["data"]["source"] == "files" and not config["data"]["files"]["paths"]:
+        raise ParamsError(f"{source}: data.files.paths: empty, but data.source is 'files'")
+
+
+def load_params(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a params file, deep-merge ``overrides`` into it (as Snakemake's --configfile does)."""
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    if overrides:
+        config = deep_merge(config, overrides)
+    return config
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a copy of ``base``, recursing into mappings; lists are replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

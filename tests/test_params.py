@@ -1,0 +1,86 @@
+import copy
+import re
+
+import pytest
+import yaml
+from workflow_helpers import ROOT, TINY
+
+from bachglass.errors import ParamsError
+from bachglass.params import deep_merge, load_params, validate_params
+
+SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
+
+
+@pytest.fixture
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def test_shipped_params_and_tiny_config_are_valid(params):
+    validate_params(params, SCHEMA)
+    validate_params(load_params(ROOT / "params.yaml", yaml.safe_load(TINY.read_text())), SCHEMA)
+
+
+def test_every_schema_object_is_closed_and_requires_all_its_keys():
+    def walk(node, where):
+        if node.get("type") == "object":
+            assert node.get("additionalProperties") is False, where
+            assert set(node["required"]) == set(node["properties"]), where
+            for key, sub in node["properties"].items():
+                walk(sub, f"{where}.{key}")
+        assert "default" not in node, f"{where}: defaults belong in params.yaml"
+
+    walk(yaml.safe_load(SCHEMA.read_text()), "params")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "bad", "message"),
+    [
+        ("train", "lr", -0.1, "train.lr: -0.1 is less than or equal to the minimum of 0"),
+        ("train", "device", "gpu", "train.device: 'gpu' is not one of"),
+        ("train", "steps", 1.5, "train.steps: 1.5 is not of type 'integer'"),
+        ("train", "cell", "transformer", "train.cell: 'transformer' is not one of"),
+        ("grid", "width", [-4], "grid.width.0: -4 is less than the minimum of 1"),
+        ("grid", "depth", [], "grid.depth: [] should be non-empty"),
+        ("encoding", "resolution", "half", "encoding.resolution: 'half' is not one of"),
+        ("data", "source", "ftp", "data.source: 'ftp' is not one of"),
+        ("observables", "eps", [0.1, 0.3], "observables.eps: [0.1, 0.3] is not in decreasing order"),
+        ("observables", "tau_w", [100, 10], "observables.tau_w: [100, 10] is not in increasing order"),
+    ],
+)
+def test_bad_value_is_reported_with_its_key(params, section, key, bad, message):
+    params[section][key] = bad
+    with pytest.raises(ParamsError, match=re.escape(f"params.yaml: {message}")):
+        validate_params(params, SCHEMA)
+
+
+def test_unknown_key_is_reported_with_its_section(params):
+    params["train"]["devcie"] = "cpu"
+    with pytest.raises(ParamsError, match=r"params.yaml: train: .*'devcie' was unexpected"):
+        validate_params(params, SCHEMA)
+
+
+def test_missing_key_is_reported(params):
+    del params["observables"]["tau_w"]
+    with pytest.raises(ParamsError, match=r"params.yaml: observables: 'tau_w' is a required property"):
+        validate_params(params, SCHEMA)
+
+
+def test_bad_checksum_format_is_rejected(params):
+    params["data"]["url"]["sha256"] = "abc"
+    with pytest.raises(ParamsError, match=r"data.url.sha256: 'abc' does not match"):
+        validate_params(params, SCHEMA)
+
+
+def test_waiting_times_must_leave_room_for_a_lag(params):
+    params["observables"]["tau_w"] = [10, params["train"]["steps"]]
+    with pytest.raises(ParamsError, match=r"observables.tau_w: .* is not below train.steps"):
+        validate_params(params, SCHEMA)
+
+
+def test_deep_merge_replaces_lists_and_merges_mappings():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
+    merged = deep_merge(base, {"a": {"c": [3]}})
+    assert merged == {"a": {"b": 1, "c": [3]}, "d": 0}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 0}
+    assert deep_merge(copy.deepcopy(base), {}) == base

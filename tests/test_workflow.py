@@ -1,0 +1,180 @@
+"""The workflow as users run it: lint, the Snakemake/DVC agreement, a tiny study end to end."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from workflow_helpers import ROOT, copy_project, edit_params, run
+
+from bachglass import figures
+
+pytestmark = pytest.mark.slow
+SMK = ["snakemake", "--cores", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project that has run the tiny study with `snakemake --cores 2`."""
+    repo = copy_project(tmp_path_factory.mktemp("smk"))
+    run(SMK, repo)
+    return repo
+
+
+def dvc_stages(repo: Path) -> dict[str, dict]:
+    """DVC's own view of dvc.yaml (matrix resolved): stage name -> cmd, deps, outs, params."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        stages = {}
+        for stage in dvc.index.stages:
+            params = {key for dep in stage.deps if hasattr(dep, "params") for key in dep.params}
+            stages[stage.addressing] = {
+                "cmd": stage.cmd,
+                "deps": {str(Path(d.def_path)) for d in stage.deps if not hasattr(d, "params")},
+                "outs": {str(Path(o.def_path)) for o in stage.outs},
+                "params": params,
+            }
+    return stages
+
+
+def snakemake_jobs(repo: Path) -> dict[str, dict]:
+    """Snakemake's DAG for `all`: output file -> rule and input files (logs and benchmarks aside)."""
+    out = run(["snakemake", "--detailed-summary", "--forceall"], repo).stdout
+    jobs = {}
+    for line in out.splitlines()[1:]:
+        cols = line.split("\t")
+        if len(cols) < 5 or not cols[0].startswith("results/"):
+            continue
+        jobs[cols[0]] = {"rule": cols[2], "inputs": set(filter(None, cols[4].split(",")))}
+    return jobs
+
+
+def test_snakemake_lint_passes():
+    run(["snakemake", "--lint"], ROOT)
+
+
+def test_figure_names_match_the_figures_module():
+    common = (ROOT / "workflow/rules/common.smk").read_text()
+    names = re.search(r"FIGURE_NAMES = (\[.*\])", common).group(1)
+    assert yaml.safe_load(names) == list(figures.FIGURES)
+
+
+def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
+    """Every DVC stage's outs are the files its Snakemake targets build, and together they are the DAG."""
+    repo = copy_project(tmp_path)
+    stages, jobs = dvc_stages(repo), snakemake_jobs(repo)
+    rule_of_target = {}
+    for name, stage in stages.items():
+        targets = stage["cmd"].split()[1 : stage["cmd"].split().index("--cores")]
+        built = set()
+        for target in targets:
+            # a target is a file or a rule name; a rule name builds all that rule's files
+            built |= {f for f, j in jobs.items() if target in (f, j["rule"])}
+        covered = {f for f in jobs if any(f == o or f.startswith(o + "/") for o in stage["outs"])}
+        assert built == covered, f"{name}: targets build {built}, outs cover {covered}"
+        for f in built:
+            rule_of_target[f] = name
+            deps = jobs[f]["inputs"] - {i for i in jobs[f]["inputs"] if i.startswith("results/runs/")}
+            assert deps <= stage["deps"], f"{name}: Snakemake inputs {deps - stage['deps']} not in deps"
+    assert set(rule_of_target) == set(jobs), f"not built by any stage: {set(jobs) - set(rule_of_target)}"
+
+
+def test_dvc_params_sections_match_the_rules_params(tmp_path):
+    repo = copy_project(tmp_path)
+    expected = {
+        "chorales": {"data"},
+        "encode": {"encoding"},
+        "train": {"train"},
+        "observables": {"observables"},
+        "study": {"grid"},
+        "figures": {"figures"},
+    }
+    for name, stage in dvc_stages(repo).items():
+        assert stage["params"] == expected[name.split("@")[0]], name
+    for rule_file, sections in {
+        "data": {"data", "encoding"},
+        "train": {"train"},
+        "observables": {"observables", "grid"},
+        "analysis": {"figures"},
+    }.items():
+        text = (ROOT / f"workflow/rules/{rule_file}.smk").read_text()
+        assert set(re.findall(r'=config\["(\w+)"\]', text)) == sections, rule_file
+
+
+def test_tiny_study_has_labelled_dims_units_and_provenance(tiny_study):
+    with xr.open_dataset(tiny_study / "results/study.nc") as study:
+        for dim in ("depth", "width", "seed", "time", "eps", "tau_w"):
+            assert dim in study.dims
+        assert study["loss"].dims == ("depth", "width", "seed", "time")
+        assert study["loss"].attrs["units"] == "nat per note"
+        assert "params_sha256" in study.attrs and "code_sha256" in study.attrs
+        assert study.sizes["depth"] == 2 and study.sizes["width"] == 2
+        assert np.isfinite(study["loss"]).all()
+
+
+def test_tiny_study_writes_every_figure(tiny_study):
+    for name in figures.FIGURES:
+        assert (tiny_study / f"results/figures/{name}.png").stat().st_size > 10_000
+
+
+def test_tiny_study_leaves_no_checkpoints_or_temp_files(tiny_study):
+    leftovers = [*tiny_study.glob("results/**/*.tmp"), *tiny_study.glob("results/**/*.ckpt.pt")]
+    assert leftovers == []
+
+
+def test_rerun_is_a_no_op_and_outputs_are_reproducible(tiny_study, tmp_path):
+    assert "Nothing to be done" in run(["snakemake", "-n"], tiny_study).stdout
+    traj = "results/runs/d2_w8_s0/trajectory.nc"
+    first = (tiny_study / traj).read_bytes()
+    run([*SMK, traj, "--force"], tiny_study)
+    assert (tiny_study / traj).read_bytes() == first
+
+
+def test_bad_params_stop_with_one_line_naming_the_key(tiny_study, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {width: [-4]}\n")
+    proc = run(["snakemake", "-n", "--configfile", str(bad)], tiny_study, check=False)
+    assert proc.returncode != 0
+    assert "params.yaml: grid.width.0: -4 is less than the minimum of 1" in proc.stderr
+
+
+def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
+    """dvc repro builds the tiny study; an lr edit re-trains, a plot edit re-runs no training."""
+    repo = copy_project(tmp_path)
+    run(["dvc", "repro", "--quiet"], repo)
+    assert (repo / "results/study.nc").exists() and (repo / "dvc.lock").exists()
+    assert run(["dvc", "status", "--quiet"], repo, check=False).returncode == 0
+    assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout
+    traj = repo / "results/runs/d1_w8_s0/trajectory.nc"
+    before = traj.read_bytes()
+
+    edit_params(repo, {"figures": {"dpi": 70}})
+    log = run(["dvc", "repro"], repo).stdout
+    assert re.findall(r"Running stage '([^']+)'", log) == ["figures"]
+    assert traj.read_bytes() == before
+
+    edit_params(repo, {"train": {"lr": 0.25}})
+    status = run(["dvc", "status", "--json"], repo).stdout
+    stale = {s.split("@")[0] for s in yaml.safe_load(status)}
+    assert stale == {"train", "observables", "study", "figures"}, stale
+    ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], repo).stdout)
+    assert sorted({s.split("@")[0] for s in ran}) == ["figures", "observables", "study", "train"]
+    assert "chorales" not in ran and "encode" not in ran
+    with xr.open_dataset(traj) as ds:
+        assert ds.attrs["lr"] == 0.25
+    assert traj.read_bytes() != before
+
+
+def test_dvc_and_snakemake_agree_that_a_fresh_clone_is_up_to_date(tiny_study, tmp_path):
+    """After `dvc commit` of a Snakemake run, a clone with the results checked out is clean for both."""
+    run(["dvc", "commit", "--force", "--quiet"], tiny_study)
+    assert run(["dvc", "status", "--quiet"], tiny_study, check=False).returncode == 0
+    clone = tmp_path / "clone"
+    shutil.copytree(tiny_study, clone, ignore=shutil.ignore_patterns(".snakemake"))
+    assert run(["dvc", "status", "--quiet"], clone, check=False).returncode == 0
+    dry = run(["snakemake", "-n", "--rerun-triggers", "params"], clone).stdout
+    assert "Nothing to be done" in dry

@@ -1,0 +1,62 @@
+"""Helpers for tests that run the workflow in a throw-away copy of the repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bachglass.params import deep_merge
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TINY = ROOT / "tests" / "tiny.yaml"
+
+
+def env() -> dict[str, str]:
+    """The environment for workflow subprocesses: this venv's tools first, one thread each."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command in ``cwd``; on failure show its output in the assertion message."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def project_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files of the repository (what a clone would have)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    )
+    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file()]
+
+
+def copy_project(dest: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Copy the project into ``dest`` as a fresh git repo whose params.yaml is the tiny study."""
+    for rel in project_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    write_params(dest, yaml.safe_load(TINY.read_text()) | (overrides or {}))
+    run(["git", "init", "-q"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def write_params(repo: Path, overrides: dict[str, Any]) -> None:
+    """Write the project's params.yaml merged with ``overrides`` into ``repo``."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(deep_merge(base, overrides), sort_keys=False))
+
+
+def edit_params(repo: Path, overrides: dict[str, Any]) -> None:
+    """Change some keys of ``repo``'s params.yaml in place."""
+    current = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(deep_merge(current, overrides), sort_keys=False))

@@ -1,0 +1,44 @@
+"""Validation, path patterns, wildcard constraints and input functions; no rules."""
+
+import os
+import sys
+from pathlib import Path
+
+# The library lives in src/: make it importable here and in every job (local, conda or SLURM).
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+# (We set PYTHONPATH for the jobs; nothing is required from the user's environment.)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
+
+from bachglass.errors import ParamsError
+from bachglass.params import validate_params
+
+try:
+    validate_params(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml")
+except ParamsError as err:
+    sys.exit(f"error: {err}")
+
+RUN_ID = "d{depth}_w{width}_s{seed}"
+RUN = f"results/runs/{RUN_ID}"
+DATA = "results/data"
+FIGURES = "results/figures"
+LOGS = "results/logs"
+BENCHMARKS = "results/benchmarks"
+FIGURE_NAMES = ["loss_curves", "learning_times"]
+
+
+wildcard_constraints:
+    depth=r"\d+",
+    width=r"\d+",
+    seed=r"\d+",
+
+
+def all_runs(filename):
+    """The file `filename` of every (depth, width, seed) run of the grid."""
+    grid = config["grid"]
+    return expand(f"{RUN}/{filename}", depth=grid["depth"], width=grid["width"], seed=grid["seed"])
+
+
+def code(*modules):
+    """Library modules whose content determines a rule's output (edits re-run the rule)."""
+    return [f"src/bachglass/{module}.py" for module in modules]

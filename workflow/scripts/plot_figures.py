@@ -1,0 +1,24 @@
+"""Draw the first figures from the combined study (rule plot_figures)."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bachglass import figures, io
+from bachglass.errors import run_step
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main() -> None:
+    """Render each figure of `figures.FIGURES` and save it in every requested format."""
+    study = io.read_netcdf(snakemake.input.study)
+    params = snakemake.params.figures
+    outdir = Path(snakemake.output.figures[0]).parent
+    for name, draw in figures.FIGURES.items():
+        stem = outdir / name
+        io.save_figure(draw(study), stem, params["formats"], params["dpi"])
+
+
+if __name__ == "__main__":
+    run_step(main, log=snakemake.log[0])
