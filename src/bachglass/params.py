@@ -1,4 +1,4 @@
-"""Validation of the study parameters against the JSON schema, plus the cross-key rules a schema cannot say."""
+"""Validate the study parameters against the JSON schema, plus cross-key rules a schema cannot state."""
 
 from collections.abc import Mapping
 from pathlib import Path

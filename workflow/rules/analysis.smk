@@ -4,9 +4,7 @@ rule plot_figures:
         study=rules.combine_study.output.study,
         code=code("figures"),
     output:
-        figures=expand(
-            f"{FIGURES}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=config["figures"]["formats"]
-        ),
+        figures=expand(f"{FIGURES}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=config["figures"]["formats"]),
     log:
         f"{LOGS}/plot_figures.log",
     benchmark:
