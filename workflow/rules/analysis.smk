@@ -1,7 +1,7 @@
 rule plot_figures:
     """First figures: loss curves per depth and learning times against width."""
     input:
-        study=rules.combine_study.output.study,
+        study=upstream(rules.combine_study.output.study),
         code=code("figures"),
     output:
         figures=expand(f"{FIGURES}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=config["figures"]["formats"]),

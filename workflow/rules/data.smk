@@ -20,7 +20,7 @@ rule get_chorales:
 rule encode_chorales:
     """Quantise, transpose, split and tokenise the chorales; compute the memoriser loss floor."""
     input:
-        chorales=rules.get_chorales.output.chorales,
+        chorales=upstream(rules.get_chorales.output.chorales),
         code=code("encoding"),
     output:
         encoded=f"{DATA}/encoded.nc",

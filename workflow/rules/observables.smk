@@ -1,7 +1,7 @@
 rule extract_observables:
     """Learning times and two-time mean-square displacements of one run."""
     input:
-        trajectory=rules.train_run.output.trajectory,
+        trajectory=upstream(rules.train_run.output.trajectory),
         code=code("observables"),
     output:
         observables=f"{RUN}/observables.nc",
@@ -20,7 +20,7 @@ rule extract_observables:
 rule combine_study:
     """All runs' observables in one labelled dataset along (depth, width, seed)."""
     input:
-        observables=all_runs("observables.nc"),
+        observables=upstream(all_runs("observables.nc")),
         code=code("observables"),
     output:
         study="results/study.nc",

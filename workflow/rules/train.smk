@@ -1,8 +1,8 @@
 rule train_run:
     """Train one (depth, width, seed) network; resume from its checkpoint if one exists."""
     input:
-        encoded=rules.encode_chorales.output.encoded,
-        code=code("model", "train"),
+        encoded=upstream(rules.encode_chorales.output.encoded),
+        code=code("model", "elman", "train"),
     output:
         trajectory=f"{RUN}/trajectory.nc",
     log:

@@ -13,7 +13,7 @@ def main() -> None:
     """Map Snakemake's input/params/output onto one library call."""
     params = snakemake.params.observables
     result = observables.run_observables(
-        io.read_netcdf(snakemake.input.trajectory, required=observables.TRAJECTORY_VARIABLES),
+        io.read_netcdf(snakemake.input.trajectory, required=observables.TRAJECTORY_VARS),
         observables.ObservablesConfig(**params),
         provenance=io.provenance(params, ["observables"]),
     )

@@ -1,0 +1,231 @@
+"""SATB chorales to per-voice token sequences on a time grid, with vocabularies and the data floor.
+
+The network sees, at each grid step, the four voices as one-hots over per-voice vocabularies and
+predicts the next step's four tokens. The data floor is the loss that a perfect memoriser of the
+training set still pays, because different chorales share openings (paper-spec §1.3).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from scipy.special import xlogy
+
+from bachglass.errors import DataError, ParamsError
+
+VOICES = ("S", "A", "T", "B")
+STEPS_PER_QUARTER = {"quarter": 1, "eighth": 2, "sixteenth": 4}
+TRANSPOSES = ("none", "c_major_a_minor")
+ORDERS = ("sorted", "shuffled")
+TARGET_TONIC = {"major": 0, "minor": 9}  # C major, A minor
+REST, PAD_TOKEN, PAD_PITCH = -1, -1, -2
+# Event boundaries are floats (triplets give 1/3): a boundary within this of a grid point is on it.
+GRID_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """The ``encoding`` section of params.yaml (see its comments for the meaning of each key)."""
+
+    resolution: str
+    transpose: str
+    min_quarters: float
+    max_quarters: float
+    order: str
+    order_seed: int
+    n_train: int | None
+    n_heldout: int
+
+    def __post_init__(self) -> None:
+        """Reject values a library caller could pass around the schema."""
+        for key, value, allowed in [
+            ("resolution", self.resolution, tuple(STEPS_PER_QUARTER)),
+            ("transpose", self.transpose, TRANSPOSES),
+            ("order", self.order, ORDERS),
+        ]:
+            if value not in allowed:
+                raise ParamsError(f"encoding.{key}: {value!r} is not one of {', '.join(allowed)}")
+        if self.n_heldout < 0 or (self.n_train is not None and self.n_train < 1):
+            raise ParamsError("encoding.n_train: must be >= 1 (or null), n_heldout >= 0")
+
+    @property
+    def steps_per_quarter(self) -> int:
+        """Grid steps per quarter note."""
+        return STEPS_PER_QUARTER[self.resolution]
+
+
+def sample_grid(chorale: dict[str, Any], steps_per_quarter: int) -> np.ndarray:
+    """Sounding MIDI pitch of each voice at each grid point: int array (step, voice), -1 = rest.
+
+    Grid point k sits at k / steps_per_quarter quarters and takes the event with onset <= t < end.
+    Where events of one voice overlap (two voices written in one part), the highest pitch wins, as for
+    a chord; any note wins over a rest.
+    """
+    n_steps = round(chorale["length_quarters"] * steps_per_quarter)
+    grid = np.full((n_steps, len(VOICES)), REST, dtype=np.int64)
+    for v, events in enumerate(chorale["voices"]):
+        for onset, duration, midi in events:
+            lo = max(math.ceil(onset * steps_per_quarter - GRID_TOLERANCE), 0)
+            hi = math.ceil((onset + duration) * steps_per_quarter - GRID_TOLERANCE)
+            np.maximum(grid[lo:hi, v], midi, out=grid[lo:hi, v])
+    return grid
+
+
+def transpose_shift(key: dict[str, Any]) -> int:
+    """Semitones (-6..+5) that move a major key's tonic to C and a minor key's to A."""
+    return (TARGET_TONIC[key["mode"]] - key["tonic_pc"] + 6) % 12 - 6
+
+
+def select(chorales: list[dict], config: EncodingConfig) -> tuple[list[dict], int]:
+    """Chorales of allowed length in training order, and how many of them (the first) train.
+
+    The order is by id, or a seeded permutation of that, so the selection never depends on the order
+    in which the chorales arrive.
+    """
+    if not chorales:
+        raise DataError("chorales: the corpus is empty; check the data section of params.yaml")
+    ids = [c["id"] for c in chorales]
+    if len(set(ids)) != len(ids):
+        raise DataError("chorales: duplicate chorale ids; re-create chorales.json")
+    lo, hi = config.min_quarters, config.max_quarters
+    fit = sorted((c for c in chorales if lo <= c["length_quarters"] <= hi), key=lambda c: c["id"])
+    if config.order == "shuffled":
+        fit = [fit[i] for i in np.random.default_rng(config.order_seed).permutation(len(fit))]
+    n_train = len(fit) - config.n_heldout if config.n_train is None else config.n_train
+    if n_train < 1 or n_train + config.n_heldout > len(fit):
+        raise DataError(
+            f"encoding.n_train: {config.n_train} training + {config.n_heldout} held-out chorales "
+            f"requested, but only {len(fit)} of {len(chorales)} last {lo}-{hi} quarters; lower "
+            "encoding.n_train/encoding.n_heldout or widen encoding.min_quarters/encoding.max_quarters"
+        )
+    return fit[: n_train + config.n_heldout], n_train
+
+
+def data_floor(tokens: np.ndarray, lengths: np.ndarray) -> float:
+    """Loss (nats/note) of a perfect prefix memoriser of ``tokens`` with per-voice softmaxes.
+
+    For every label (chorale c, step t >= 1, voice v) the best a model that has seen the whole prefix
+    tokens[c, :t] can do is predict the empirical distribution of that voice's token over the
+    chorales sharing the prefix; the floor is the mean entropy of that distribution. It is non-zero
+    only where chorales share openings. ``tokens`` is (chorale, step, voice), ``lengths`` (chorale);
+    steps at or beyond a chorale's length are ignored. NaN when there are no labels.
+
+    Chorales with equal prefixes share a prefix id, relabelled step by step from (old id, chord),
+    so the cost is one ``np.unique`` per step instead of comparing whole prefixes.
+    """
+    lengths = np.asarray(lengths)
+    prefix = np.zeros(len(lengths), dtype=np.int64)
+    entropy_sum, labels = 0.0, 0
+    for t in range(int(lengths.max(initial=0))):
+        active = np.flatnonzero(lengths > t)
+        chord = tokens[active, t, :].astype(np.int64)
+        if t >= 1:
+            # sum over prefix groups p of n_p H_p = sum n_p ln n_p - sum n_{p,x} ln n_{p,x}
+            _, n_p = np.unique(prefix[active], return_counts=True)
+            for v in range(chord.shape[1]):
+                pairs = np.stack([prefix[active], chord[:, v]], axis=1)
+                _, n_px = np.unique(pairs, axis=0, return_counts=True)
+                entropy_sum += xlogy(n_p, n_p).sum() - xlogy(n_px, n_px).sum()
+            labels += chord.size
+        rows = np.concatenate([prefix[active, None], chord], axis=1)
+        prefix[active] = np.unique(rows, axis=0, return_inverse=True)[1].ravel()
+    return entropy_sum / labels if labels else math.nan
+
+
+def _grids(chosen: list[dict], config: EncodingConfig) -> list[np.ndarray]:
+    """Pitch grids (step, voice) of the chosen chorales, transposed if the config asks for it."""
+    grids = []
+    for chorale in chosen:
+        grid = sample_grid(chorale, config.steps_per_quarter)
+        if config.transpose == "c_major_a_minor":
+            grid = np.where(grid >= 0, grid + transpose_shift(chorale["key"]), grid)
+        grids.append(grid)
+    return grids
+
+
+def _variables(grids: list[np.ndarray]) -> dict[str, Any]:
+    """Pad pitches, map them to tokens and build per-voice vocabularies (rest token at index 0)."""
+    n_steps = max(len(g) for g in grids)
+    pitch = np.full((len(grids), n_steps, len(VOICES)), PAD_PITCH, dtype=np.int16)
+    for c, grid in enumerate(grids):
+        pitch[c, : len(grid)] = grid
+    vocabs = [np.union1d(np.concatenate([g[:, v] for g in grids]), [REST]) for v in range(4)]
+    vocab = np.full((len(VOICES), max(map(len, vocabs))), PAD_PITCH, dtype=np.int16)
+    tokens = np.full(pitch.shape, PAD_TOKEN, dtype=np.int16)
+    for v, values in enumerate(vocabs):
+        vocab[v, : len(values)] = values
+        valid = pitch[:, :, v] != PAD_PITCH
+        tokens[:, :, v][valid] = np.searchsorted(values, pitch[:, :, v][valid])
+    sizes = np.array([len(values) for values in vocabs], dtype=np.int16)
+    return {"pitch": pitch, "tokens": tokens, "vocab": vocab, "vocab_size": sizes}
+
+
+def encode(
+    chorales: list[dict], config: EncodingConfig, provenance: dict[str, str] | None = None
+) -> xr.Dataset:
+    """Encode chorales as the ``encoded.nc`` Dataset of the module contract.
+
+    The training chorales come first along ``chorale``, then the held-out ones. Vocabularies cover
+    both, so a held-out chorale never holds an unknown token; the data floor is computed on the
+    training chorales only, since it is the floor of the training loss.
+    """
+    chosen, n_train = select(chorales, config)
+    grids = _grids(chosen, config)
+    lengths = np.array([len(g) for g in grids], dtype=np.int64)
+    if (lengths[:n_train] < 2).all():
+        raise DataError("encoding.min_quarters: no training chorale spans two grid steps; raise it")
+    arrays = _variables(grids)
+    n_steps = arrays["pitch"].shape[1]
+    mask = (np.arange(n_steps)[None, :] < lengths[:, None]).astype(np.int8)
+    scored = int(np.maximum(lengths[:n_train] - 1, 0).sum()) * len(VOICES)
+    grid_dims = ("chorale", "step", "voice")
+    ds = xr.Dataset(
+        {
+            "tokens": (grid_dims, arrays["tokens"], _attrs("vocabulary index, -1 on padding")),
+            "mask": (("chorale", "step"), mask, _attrs("1 where the step exists")),
+            "pitch": (grid_dims, arrays["pitch"], _attrs("MIDI pitch, -1 rest, -2 padding")),
+            "vocab": (("voice", "token"), arrays["vocab"], _attrs("MIDI pitch of each token")),
+            "vocab_size": ("voice", arrays["vocab_size"], _attrs("tokens in each voice")),
+        },
+        coords={
+            "chorale": [c["id"] for c in chosen],
+            "split": ("chorale", ["train"] * n_train + ["heldout"] * (len(chosen) - n_train)),
+            "length": ("chorale", lengths, _attrs("grid steps of each chorale")),
+            "step": np.arange(n_steps),
+            "voice": list(VOICES),
+            "token": np.arange(arrays["vocab"].shape[1]),
+        },
+    )
+    ds.attrs = {
+        "resolution": config.resolution,
+        "steps_per_quarter": config.steps_per_quarter,
+        "transpose": config.transpose,
+        "n_train": n_train,
+        "n_heldout": len(chosen) - n_train,
+        "scored_notes": scored,
+        "data_floor": float(data_floor(arrays["tokens"][:n_train], lengths[:n_train])),
+        **(provenance or {}),
+    }
+    return ds
+
+
+def _attrs(long_name: str) -> dict[str, str]:
+    """CF attributes of a dimensionless variable."""
+    return {"long_name": long_name, "units": "1"}
+
+
+def decode(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """Per-chorale pitch arrays (step, voice) from the tokens and vocabularies of ``ds``.
+
+    The inverse of the token mapping, for round-trip checks: returns dicts with ``id``, ``split`` and
+    ``pitch`` (int array, -1 = rest), in the order of the ``chorale`` dimension.
+    """
+    tokens, vocab = ds["tokens"].values, ds["vocab"].values
+    decoded = []
+    for c, chorale_id in enumerate(ds["chorale"].values):
+        n = int(ds["length"].values[c])
+        pitch = np.stack([vocab[v, tokens[c, :n, v]] for v in range(len(VOICES))], axis=1)
+        decoded.append({"id": str(chorale_id), "split": str(ds["split"].values[c]), "pitch": pitch})
+    return decoded
