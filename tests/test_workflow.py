@@ -160,7 +160,7 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     assert re.findall(r"Running stage '([^']+)'", log) == ["figures"]
     assert traj.read_bytes() == before
 
-    edit_params(repo, {"train": {"lr": 0.25}})
+    edit_params(repo, {"train": {"lr": 0.1}})
     status = run(["dvc", "status", "--json"], repo).stdout
     stale = set(yaml.safe_load(status))  # DVC lists the stages whose own deps/params changed
     assert stale == {f"train@{d}-{w}-0" for d in (1, 2) for w in (2, 8)}, stale
@@ -168,7 +168,7 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     assert sorted({s.split("@")[0] for s in ran}) == ["figures", "observables", "study", "train"]
     assert "chorales" not in ran and "encode" not in ran
     with xr.open_dataset(traj) as ds:
-        assert ds.attrs["lr"] == 0.25
+        assert ds.attrs["lr"] == 0.1
     assert traj.read_bytes() != before
 
 
@@ -195,7 +195,7 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     for rel in ("results/study.nc", "results/runs/d2_w8_s0/trajectory.nc", "results/data/encoded.nc"):
         assert (clone / rel).read_bytes() == (origin / rel).read_bytes(), rel
 
-    edit_params(clone, {"train": {"lr": 0.25}})
+    edit_params(clone, {"train": {"lr": 0.1}})
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], clone).stdout)
     assert sorted({s.split("@")[0] for s in ran}) == ["figures", "observables", "study", "train"]
     # no upstream job ran inside a stage's Snakemake call, whatever the mtimes after the pull
@@ -208,3 +208,22 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     assert (clone / "results/data/encoded.nc").read_bytes() == (
         origin / "results/data/encoded.nc"
     ).read_bytes()
+
+
+def test_bad_score_stops_the_step_with_one_line_naming_the_file(tiny_study, tmp_path):
+    """A user's score with 3 parts: the step exits non-zero, says why in one line, keeps the results."""
+    from music21 import converter, corpus
+
+    tiny_study = shutil.copytree(tiny_study, tmp_path / "repo")
+    score = converter.parse(corpus.getWork("bwv101.7"))
+    score.remove(score.parts[1])
+    path = Path(score.write("musicxml", fp=tmp_path / "three_parts.musicxml"))
+    config = tmp_path / "files.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": "files", "files": {"paths": [str(path)]}}}))
+    before = (tiny_study / "results/study.nc").read_bytes()
+    proc = run([*SMK, "results/data/chorales/chorales.json", "--configfile", str(config)], tiny_study, False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+    assert any(f"{path}: 3 parts, expected 4 (S, A, T, B)" in line for line in errors), proc.stderr
+    assert (tiny_study / "results/study.nc").read_bytes() == before
+    assert not (tiny_study / "results/data/chorales/chorales.json.tmp").exists()

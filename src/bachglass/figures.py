@@ -139,7 +139,9 @@ def learning_times(study: xr.Dataset) -> Figure:
     handles.append(Line2D([], [], color="0.3", marker="^", mfc="none", ls="none", label=CENSORED))
     if np.isnan(tau).any():
         handles.append(DIVERGED)
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="threshold (nats/note)")
+    fig.legend(
+        handles=handles, loc="outside right upper", fontsize="small", title="ε: loss ≤ floor + ε\n(nats/note)"
+    )
     return fig
 
 

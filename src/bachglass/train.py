@@ -104,7 +104,18 @@ def train_run(
         run.restore(_load(Path(checkpoint), identity))
     grid = checkpoint_steps(config.steps, config.checkpoints_per_decade)
     name = f"d{depth}_w{width}_s{seed}"
-    with tqdm(total=config.steps, initial=run.step, desc=name, file=sys.stderr, disable=not progress) as bar:
+    # in a log file (no terminal) a bar redrawn 10 times a second would bloat it: redraw every 30 s
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    bar = tqdm(
+        total=config.steps,
+        initial=run.step,
+        desc=name,
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=interval,
+        maxinterval=max(interval, 10.0),
+    )
+    with bar:
         _loop(run, grid, checkpoint, identity, bar)
     if run.diverged_step >= 0:
         k = run.diverged_step
