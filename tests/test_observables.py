@@ -186,6 +186,7 @@ def test_run_observables_layout_and_io_round_trip(tmp_path):
     assert ds["tau"].attrs["units"] == "SGD steps" and ds["loss"].attrs["units"] == "nat per note"
     assert ds.attrs == {
         **PROVENANCE, "n_parameters": 17, "data_floor": 0.5, "status": "completed", "diverged_step": -1,
+        "cell": "rnn_tanh", "lr": 0.5, "batch_size": 16, "device": "cpu",
     }  # fmt: skip
     assert ds["n_parameters_group"].values.ravel().tolist() == [6, 6, 5]
     assert not ds["diverged"].item()
@@ -262,7 +263,10 @@ def test_combine_runs_tiles_the_grid_without_leaking_group(study, tmp_path):
     assert study["msd_group"].sel(depth=2, group="layer2").notnull().any()
     assert study["n_parameters"].sel(width=4, seed=0).values.tolist() == [11, 17]
     assert study["diverged"].dtype == bool and not study["diverged"].any()
-    assert study.attrs == {"params_sha256": "study", "data_floor": 0.5}
+    assert study.attrs == {
+        "params_sha256": "study", "data_floor": 0.5,
+        "cell": "rnn_tanh", "lr": 0.5, "batch_size": 16, "device": "cpu",
+    }  # fmt: skip
     assert study["loss"].attrs["units"] == "nat per note"
     io.write_netcdf(study, tmp_path / "study.nc")
     xr.testing.assert_identical(io.read_netcdf(tmp_path / "study.nc"), study)
@@ -284,3 +288,15 @@ def test_combine_runs_rejects_a_run_given_twice():
     runs = grid_runs(depths=(1,), widths=(4,), seeds=(0,))
     with pytest.raises(DataError, match="d1_w4_s0 given twice"):
         combine_runs(runs + runs, PROVENANCE)
+
+
+def test_study_keeps_the_training_settings_that_all_runs_share():
+    runs = []
+    for width, lr in [(4, 0.25), (8, 0.25)]:
+        traj = make_trajectory(1, width, 0)
+        traj.attrs |= {"cell": "rnn_tanh", "lr": lr, "batch_size": 8, "device": "cpu"}
+        runs.append(run_observables(traj, CONFIG, PROVENANCE))
+    study = combine_runs(runs, PROVENANCE)
+    assert (study.attrs["cell"], study.attrs["lr"], study.attrs["batch_size"]) == ("rnn_tanh", 0.25, 8)
+    runs[1].attrs["lr"] = 0.5
+    assert "lr" not in combine_runs(runs, PROVENANCE).attrs

@@ -131,6 +131,7 @@ def test_tiny_study_leaves_no_checkpoints_or_temp_files(tiny_study):
 
 def test_rerun_is_a_no_op_and_outputs_are_reproducible(tiny_study, tmp_path):
     assert "Nothing to be done" in run(["snakemake", "-n"], tiny_study).stdout
+    tiny_study = shutil.copytree(tiny_study, tmp_path / "repo")  # the forced re-run stays in the copy
     traj = "results/runs/d2_w8_s0/trajectory.nc"
     first = (tiny_study / traj).read_bytes()
     run([*SMK, traj, "--force"], tiny_study)

@@ -23,6 +23,7 @@ RUN_DIMS = ("depth", "width", "seed")
 LAG_COORD = "time_since_tau_w"  # t' - tau_w, (tau_w, time); `lag` itself is msd_lag's dimension
 TRAJECTORY_VARS = ("loss", "heldout_loss", "clip_fraction", "theta")
 TRAJECTORY_ATTRS = ("n_parameters", "data_floor", "status", "diverged_step")
+TRAINING_ATTRS = ("cell", "lr", "batch_size", "device")  # how the run was trained, carried to the study
 STEPS, EPOCHS, NATS = "SGD steps", "epoch", "nat per note"
 TAU_CLOCKS = {"tau": "step", "tau_epoch": "time"}  # variable: coordinate that measures its time
 # name: (long_name, units) for every variable and coordinate we write
@@ -267,7 +268,8 @@ def run_observables(
     )
     epochs = trajectory["time"].values[np.searchsorted(step.values, tau_w)]
     ds = ds.assign_coords(tau_w_epoch=("tau_w", epochs))
-    ds.attrs = {**provenance, **{a: attrs[a] for a in TRAJECTORY_ATTRS}}
+    carried = (*TRAJECTORY_ATTRS, *(a for a in TRAINING_ATTRS if a in attrs))
+    ds.attrs = {**provenance, **{a: attrs[a] for a in carried}}
     return _with_cf_attrs(ds)
 
 
@@ -313,5 +315,12 @@ def combine_runs(datasets: Sequence[xr.Dataset], provenance: dict[str, Any]) -> 
         combine_attrs="drop_conflicts",
         fill_value={"n_parameters_group": 0},
     )
-    study.attrs = {**provenance, "data_floor": floors.pop()}
+    # training settings shared by every run (a mixed study keeps only what all runs share)
+    shared = {
+        a: datasets[0].attrs[a]
+        for a in TRAINING_ATTRS
+        if a in datasets[0].attrs
+        and all(np.array_equal(ds.attrs.get(a), datasets[0].attrs[a]) for ds in datasets)
+    }
+    study.attrs = {**shared, **provenance, "data_floor": floors.pop()}
     return study
