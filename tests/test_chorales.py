@@ -60,13 +60,24 @@ def test_manifest_has_a_row_per_file_sorted_by_id():
     assert rows[2]["status"] == "kept" and rows[2]["reason"] == "" and rows[2]["parts"] == "4"
 
 
-def test_analyses_are_skipped_and_same_stem_files_get_unique_ids(monkeypatch):
+def test_analyses_and_second_formats_of_a_chorale_are_skipped_with_their_reason(monkeypatch):
     files = ["bach/choraleAnalyses/riemenschneider001.rntxt", "bach/bwv281.krn", "bach/bwv281.mxl"]
     monkeypatch.setattr(chorales.corpus, "getComposer", lambda _: [CORPUS / f for f in files])
     kept, skipped = chorales.load_music21_corpus("bach", max_scores=None)
-    assert sorted(c["id"] for c in kept) == ["bwv281", "bwv281-krn"]
-    assert {c["id"]: c["source"] for c in kept}["bwv281"] == "bach/bwv281.mxl"
-    assert [(s["id"], s["reason"]) for s in skipped] == [("riemenschneider001", "not a score (rntxt)")]
+    assert [(c["id"], c["source"]) for c in kept] == [("bwv281", "bach/bwv281.mxl")]
+    assert sorted((s["id"], s["reason"]) for s in skipped) == [
+        ("bwv281-krn", "duplicate of bach/bwv281.mxl (the same chorale in another format)"),
+        ("riemenschneider001", "not a score (rntxt)"),
+    ]
+
+
+def test_a_file_that_is_not_a_single_score_is_skipped(monkeypatch):
+    from music21 import stream
+
+    monkeypatch.setattr(chorales.corpus, "getComposer", lambda _: [CORPUS / "bach/bwv101.7.mxl"])
+    monkeypatch.setattr(chorales.converter, "parse", lambda path: stream.Opus())
+    kept, skipped = chorales.load_music21_corpus("bach", max_scores=None)
+    assert kept == [] and skipped[0]["reason"] == "not a single score (Opus)"
 
 
 def test_corpus_file_music21_cannot_parse_is_skipped_with_its_message(monkeypatch):
@@ -295,3 +306,11 @@ def test_acquire_from_url_downloads_into_the_data_dir_and_checks_the_checksum(se
     with pytest.raises(DataError, match=re.escape("data.url.sha256")):
         chorales.acquire(data, download_dir=tmp_path)
     assert not (tmp_path / "jsb.json").exists()
+
+
+def test_jsb_chorale_with_voices_out_of_order_names_it(tmp_path):
+    data = jsb_fixture()
+    data["train"][0] = [list(reversed(step)) for step in data["train"][0]]  # B, T, A, S
+    path = write_jsb(tmp_path, data)
+    with pytest.raises(DataError, match=re.escape(f"{path}: chorale train[0]: parts not in S > A > T > B")):
+        chorales.parse_jsb(path, ["train"], 4, "http://x/jsb.json")

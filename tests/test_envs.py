@@ -1,7 +1,10 @@
 """The conda environments for cluster users list the same packages and bounds as pyproject.toml."""
 
+import ast
 import re
+import sys
 import tomllib
+from pathlib import Path
 
 import yaml
 from workflow_helpers import ROOT
@@ -49,3 +52,58 @@ def test_every_rule_names_an_existing_env():
     for smk in (ROOT / "workflow/rules").glob("*.smk"):
         for env in re.findall(r'conda:\s*"\.\./\.\./(envs/[\w.]+)"', smk.read_text()):
             assert (ROOT / env).is_file(), f"{smk.name}: {env} missing"
+
+
+IMPORT_TO_PACKAGE = {"yaml": "pyyaml", "netCDF4": "netcdf4"}
+
+
+def module_imports(path: Path) -> tuple[set[str], set[str]]:
+    """Top-level imports of a file (those inside functions are lazy): (third-party, bachglass modules)."""
+    third, ours = set(), set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If):  # `if TYPE_CHECKING:` imports never run
+            continue
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            top = name.split(".")[0]
+            if top == "bachglass":
+                ours.add(name.split(".")[1])
+            elif top not in sys.stdlib_module_names:
+                third.add(IMPORT_TO_PACKAGE.get(top, top))
+    return third, ours
+
+
+def packages_needed(script: Path) -> set[str]:
+    """Third-party packages a workflow script needs, through the bachglass modules it imports."""
+    needed, seen, todo = set(), set(), [script]
+    while todo:
+        third, ours = module_imports(todo.pop())
+        needed |= third
+        for module in ours - seen:
+            seen.add(module)
+            if (ROOT / f"src/bachglass/{module}.py").exists():
+                todo.append(ROOT / f"src/bachglass/{module}.py")
+    return needed | {"netcdf4"}  # io writes with the netcdf4 engine, which xarray imports lazily
+
+
+def rule_envs_and_scripts() -> list[tuple[str, str, str]]:
+    rules = []
+    for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            env = re.search(r'conda:\s*"\.\./\.\./envs/([\w]+)\.yaml"', block)
+            script = re.search(r'script:\s*"\.\./scripts/([\w]+\.py)"', block)
+            rules.append((block.split(":")[0], env.group(1), script.group(1)))
+    return rules
+
+
+def test_each_rule_env_holds_every_package_its_script_imports():
+    envs = env_requirements()
+    rules = rule_envs_and_scripts()
+    assert len(rules) == 6
+    for rule, env, script in rules:
+        missing = packages_needed(ROOT / "workflow/scripts" / script) - set(envs[env])
+        assert not missing, f"rule {rule}: envs/{env}.yaml lacks {sorted(missing)}"

@@ -40,6 +40,12 @@ def test_every_schema_object_is_closed_and_requires_all_its_keys():
         ("train", "device", "gpu", "train.device: 'gpu' is not one of"),
         ("train", "steps", 1.5, "train.steps: 1.5 is not of type 'integer'"),
         ("train", "cell", "transformer", "train.cell: 'transformer' is not one of"),
+        (
+            "train",
+            "checkpoints_per_decade",
+            19,
+            "train.checkpoints_per_decade: 19 is less than the minimum of 20",
+        ),
         ("grid", "width", [-4], "grid.width.0: -4 is less than the minimum of 1"),
         ("grid", "depth", [], "grid.depth: [] should be non-empty"),
         ("encoding", "resolution", "half", "encoding.resolution: 'half' is not one of"),

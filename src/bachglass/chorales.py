@@ -98,17 +98,25 @@ def _chorale(
     }
 
 
-def _corpus_ids(paths: list[str]) -> dict[str, str]:
-    """Chorale id of each corpus path: the file stem, made unique across formats.
+def _corpus_ids(paths: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Chorale id (the file stem) of each corpus score, and the duplicates among them.
 
-    Three chorales exist both as .krn and .mxl with the same stem (bwv277, bwv281, bwv366); the file of
-    the earlier format in ``SCORE_SUFFIXES`` keeps the bare stem, the other gets ``-<format>`` appended.
+    Three chorales exist both as .krn and .mxl (bwv277, bwv281, bwv366): the same music, in lengths
+    that differ by repeats. Keeping both would count one chorale twice and could put it on both sides
+    of the train/held-out split, so the file of the earlier format in ``SCORE_SUFFIXES`` is the
+    chorale and the other is returned in ``duplicates`` (path -> the kept path).
     """
     ids: dict[str, str] = {}
+    duplicates: dict[str, str] = {}
+    first: dict[str, str] = {}
     for path in sorted(paths, key=lambda p: (SCORE_SUFFIXES.index(Path(p).suffix), p)):
-        stem, fmt = Path(path).stem, Path(path).suffix.lstrip(".")
-        ids[path] = f"{stem}-{fmt}" if stem in ids.values() else stem
-    return ids
+        stem = Path(path).stem
+        if stem in first:
+            duplicates[path] = first[stem]
+            ids[path] = f"{stem}-{Path(path).suffix.lstrip('.')}"  # unique manifest row id
+        else:
+            first[stem], ids[path] = path, stem
+    return ids, duplicates
 
 
 def load_music21_corpus(composer: str, max_scores: int | None) -> tuple[list[dict], list[dict]]:
@@ -122,7 +130,7 @@ def load_music21_corpus(composer: str, max_scores: int | None) -> tuple[list[dic
     root = Path(common.getCorpusFilePath())
     paths = sorted(Path(p).relative_to(root).as_posix() for p in corpus.getComposer(composer))
     paths = paths[:max_scores] if max_scores is not None else paths
-    ids = _corpus_ids([p for p in paths if Path(p).suffix in SCORE_SUFFIXES])
+    ids, duplicates = _corpus_ids([p for p in paths if Path(p).suffix in SCORE_SUFFIXES])
     kept, skipped = [], []
     for i, rel in enumerate(paths):
         if i and i % 50 == 0:
@@ -132,10 +140,18 @@ def load_music21_corpus(composer: str, max_scores: int | None) -> tuple[list[dic
             skipped.append(row | {"reason": f"not a score ({Path(rel).suffix.lstrip('.')})"})
             continue
         row["id"] = ids[rel]
+        if rel in duplicates:
+            skipped.append(
+                row | {"reason": f"duplicate of {duplicates[rel]} (the same chorale in another format)"}
+            )
+            continue
         try:
             score = converter.parse(root / rel)
         except Exception as err:  # music21's parsers raise many exception types on bad input
             skipped.append(row | {"reason": f"music21 could not parse it: {_one_line(err)}"})
+            continue
+        if not isinstance(score, stream.Score):
+            skipped.append(row | {"reason": f"not a single score ({type(score).__name__})"})
             continue
         voices = [_events(part) for part in score.parts]
         row["parts"] = len(voices)
@@ -166,6 +182,8 @@ def load_score_files(patterns: list[str]) -> list[dict]:
         except Exception as err:  # music21's parsers raise many exception types on bad input
             msg = f"{path}: music21 cannot parse this score ({_one_line(err)}); fix or remove the file"
             raise DataError(msg) from err
+        if not isinstance(score, stream.Score):
+            raise DataError(f"{path}: holds a {type(score).__name__}, not one score; split it into files")
         voices = [_events(part) for part in score.parts]
         if len(voices) != len(VOICES):
             n = len(voices)
@@ -288,6 +306,10 @@ def parse_jsb(path: Path, splits: list[str], steps_per_quarter: int, source_url:
             pitches = _jsb_pitches(raw, f"{path}: chorale {split}[{index}]")
             if not (pitches >= 0).any():
                 raise DataError(f"{path}: chorale {split}[{index}] has no notes; fix the file")
+            voices = [_runs(pitches[:, v], steps_per_quarter) for v in range(len(VOICES))]
+            if problem := _satb_problem(voices):
+                where = f"{path}: chorale {split}[{index}]"
+                raise DataError(f"{where}: {problem}; each step must list [S, A, T, B] pitches")
             chorales.append(
                 {
                     "id": f"{split}{index:03d}",
@@ -295,7 +317,7 @@ def parse_jsb(path: Path, splits: list[str], steps_per_quarter: int, source_url:
                     "sha256": sha256,
                     "key": _key(pitches, steps_per_quarter),
                     "length_quarters": len(pitches) / steps_per_quarter,
-                    "voices": [_runs(pitches[:, v], steps_per_quarter) for v in range(len(VOICES))],
+                    "voices": voices,
                 }
             )
     return sorted(chorales, key=lambda c: c["id"])

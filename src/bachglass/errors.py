@@ -29,12 +29,13 @@ class DivergenceError(BachglassError):
 def run_step(main: Callable[[], None], log: str | Path | None = None) -> None:
     """Run a workflow step; report a ``BachglassError`` as one line on stderr and in the log, exit 1.
 
-    Progress and library logging go to stderr and, when given, to the rule's log file.
+    Library logging goes to stderr and, when given, to the rule's log file (appended to, so a resumed
+    run keeps the record of the attempt before). Our own bugs keep their traceback, in the log too.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log, mode="w"))
+        handlers.append(logging.FileHandler(log, mode="a"))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True
     )
@@ -43,3 +44,6 @@ def run_step(main: Callable[[], None], log: str | Path | None = None) -> None:
     except BachglassError as err:
         logging.getLogger("bachglass").error("error: %s", err)
         sys.exit(1)
+    except Exception:
+        logging.getLogger("bachglass").exception("unexpected error (a bug in bachglass):")
+        raise

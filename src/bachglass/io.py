@@ -112,7 +112,7 @@ def provenance(params: Any, modules: Iterable[str]) -> dict[str, str]:
         "source": f"bachglass {__version__}",
         "references": "Hertz & Tyrcha, Phys. Rev. E 111, 055307 (2025), doi:10.1103/PhysRevE.111.055307",
         "bachglass_version": __version__,
-        "code_sha256": code_sha256(modules),
+        "code_sha256": code_sha256({*modules, "io", "errors"}),
         "params_sha256": params_sha256(params),
     }
 

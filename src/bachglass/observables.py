@@ -23,7 +23,17 @@ RUN_DIMS = ("depth", "width", "seed")
 LAG_COORD = "time_since_tau_w"  # t' - tau_w, (tau_w, time); `lag` itself is msd_lag's dimension
 TRAJECTORY_VARS = ("loss", "heldout_loss", "clip_fraction", "theta")
 TRAJECTORY_ATTRS = ("n_parameters", "data_floor", "status", "diverged_step")
-TRAINING_ATTRS = ("cell", "lr", "batch_size", "device")  # how the run was trained, carried to the study
+# how the run was trained, carried to the study
+TRAINING_ATTRS = (
+    "cell",
+    "lr",
+    "batch_size",
+    "clip_norm",
+    "steps",
+    "checkpoints_per_decade",
+    "dtype",
+    "device",
+)
 STEPS, EPOCHS, NATS = "SGD steps", "epoch", "nat per note"
 TAU_CLOCKS = {"tau": "step", "tau_epoch": "time"}  # variable: coordinate that measures its time
 # name: (long_name, units) for every variable and coordinate we write

@@ -98,7 +98,9 @@ def train_run(
     else:
         engine = model.ReferenceEngine(config.cell, depth, width, layout, theta)
     identity = {**asdict(config), "depth": depth, "width": width, "seed": seed}
-    identity["data_sha256"] = _data_sha256(encoded)
+    # resume only what this very code, torch build and device would have computed
+    identity |= {"data_sha256": _data_sha256(encoded), "code_sha256": io.code_sha256(MODULES)}
+    identity |= {"torch": str(torch.__version__), "device_used": str(device)}
     run = _Run(engine, train, heldout, layout, config, seed)
     if checkpoint is not None and Path(checkpoint).exists():
         run.restore(_load(Path(checkpoint), identity))
@@ -218,6 +220,7 @@ def _loop(run: _Run, grid: np.ndarray, checkpoint: Path | None, identity: dict, 
         if checkpoint is not None and start < step < steps and step % run.config.resume_every == 0:
             with io.atomic_path(checkpoint) as tmp:
                 torch.save(run.state(identity), tmp)
+            log.info("step %d of %d: loss %.4g, resumable state saved", step, steps, run.records["loss"][-1])
         if step == steps:  # the final state: evaluate, no update
             if not run.record(step, None):
                 run.diverged_step = step
@@ -305,6 +308,10 @@ def _trajectory(
         "cell": run.config.cell,
         "lr": float(run.config.lr),
         "batch_size": int(run.batch_size),  # chorales per step; = n_train for full batch
+        "clip_norm": "none" if run.config.clip_norm is None else float(run.config.clip_norm),
+        "steps": int(run.config.steps),
+        "checkpoints_per_decade": int(run.config.checkpoints_per_decade),
+        "dtype": run.config.dtype,
         "n_parameters": int(n_params),
         "data_floor": data_floor,
         "device": device,

@@ -1,5 +1,6 @@
 """Validation, path patterns, wildcard constraints and input functions; no rules."""
 
+import glob
 import os
 import sys
 from pathlib import Path
@@ -40,8 +41,19 @@ def all_runs(filename):
 
 
 def code(*modules):
-    """Library modules whose content determines a rule's output (edits re-run the rule)."""
-    return upstream([f"src/bachglass/{module}.py" for module in modules])
+    """Library modules whose content determines a rule's output (edits re-run the rule).
+
+    io (file format, provenance) and errors are used by every step, so they are always included.
+    """
+    return upstream([f"src/bachglass/{module}.py" for module in (*modules, "io", "errors")])
+
+
+def score_files(wildcards):
+    """The user's own scores (data.source: files), so that editing one re-runs get_chorales."""
+    data = config["data"]
+    if data["source"] != "files":
+        return []
+    return sorted({f for pattern in data["files"]["paths"] for f in glob.glob(pattern, recursive=True)})
 
 
 # Under `dvc repro` (DVC sets DVC_STAGE for each stage's cmd) DVC has already judged every input of the

@@ -1,6 +1,7 @@
 rule get_chorales:
     """Acquire the chorales (music21 corpus, a checksummed download, or the user's scores) and a manifest."""
     input:
+        scores=score_files,
         code=code("chorales"),
     output:
         chorales=f"{DATA}/chorales/chorales.json",

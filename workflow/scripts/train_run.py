@@ -24,7 +24,7 @@ def main() -> None:
         checkpoint=checkpoint,
     )
     io.write_netcdf(run, snakemake.output.trajectory)
-    checkpoint.unlink(missing_ok=True)
+    train.remove_checkpoint(checkpoint)
 
 
 if __name__ == "__main__":
