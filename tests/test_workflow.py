@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from workflow_helpers import ROOT, copy_project, edit_params, run
+from workflow_helpers import ROOT, copy_project, edit_params, git_commit, run
 
 from bachglass import figures
 
@@ -171,11 +171,6 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     with xr.open_dataset(traj) as ds:
         assert ds.attrs["lr"] == 0.1
     assert traj.read_bytes() != before
-
-
-def git_commit(repo: Path, message: str) -> None:
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
 
 
 def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study, tmp_path):

@@ -45,9 +45,14 @@ def copy_project(dest: Path, overrides: dict[str, Any] | None = None) -> Path:
     (dest / "dvc.lock").unlink(missing_ok=True)
     write_params(dest, yaml.safe_load(TINY.read_text()) | (overrides or {}))
     run(["git", "init", "-q"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dest)
+    git_commit(dest, "copy")
     return dest
+
+
+def git_commit(repo: Path, message: str) -> None:
+    """Commit everything in ``repo`` (with a throw-away identity)."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
 
 
 def write_params(repo: Path, overrides: dict[str, Any]) -> None:
