@@ -33,8 +33,8 @@ MODULES = ("model", "elman", "train")  # code whose hash goes into the provenanc
 ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what train_run reads of encoded.nc
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 VARIABLES = {  # name: (long_name, units)
-    "loss": ("training cross-entropy (full training set)", "nat/note"),
-    "heldout_loss": ("held-out cross-entropy", "nat/note"),
+    "loss": ("training cross-entropy (full training set)", "nat per note"),
+    "heldout_loss": ("held-out cross-entropy", "nat per note"),
     "clip_fraction": ("fraction of the steps since the previous checkpoint that were clipped", "1"),
     "theta": ("parameter snapshot, flattened in model.param_specs order", "1"),
 }
