@@ -11,16 +11,22 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/observables.smk"
+include: "workflow/rules/aging.smk"
 include: "workflow/rules/analysis.smk"
 
 
 rule all:
-    """The combined study and its figures."""
+    """The study, its fits and metrics, the science checks and the figures."""
     default_target: True
     input:
         rules.combine_study.output.study,
-        expand(f"{FIGURES}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=config["figures"]["formats"]),
+        rules.fit_study.output,
+        rules.check_science.output.table,
+        rules.plot_figures.output.figures,

@@ -1,7 +1,7 @@
-"""Does per-net gradient clipping move w_c and ν? Train one depth's width ladder at several clip norms.
+"""Does per-net gradient clipping move w_c and nu? Train one depth's width ladder at several clip norms.
 
 Plain SGD (no clip) blows up at every lr fast enough for a laptop study (see the README), so the
-control varies the clip norm around the default instead: if w_c(ε) and ν stay put while the
+control varies the clip norm around the default instead: if w_c(ε) and nu stay put while the
 clipped fraction of steps changes several-fold, clipping does not set them. Uses the pipeline's
 own params.yaml (train, observables, fits) and results/data/encoded.nc; each run is cached.
 
@@ -45,11 +45,13 @@ def learning_times(paths: list[Path], params: dict) -> xr.Dataset:
     tau = tau.where(smooth.isel(time=-1).notnull())  # a run that ended non-finite has no learning time
     steps = np.diff(runs["step"].values, prepend=0)
     clipped = (runs["clip_fraction"] * xr.DataArray(steps, dims="time")).sum("time") / steps.sum()
-    return xr.Dataset({"tau": tau, "clip_fraction_total": clipped}, attrs=runs.attrs).assign_coords(step=runs["step"])
+    return xr.Dataset({"tau": tau, "clip_fraction_total": clipped}, attrs=runs.attrs).assign_coords(
+        step=runs["step"]
+    )
 
 
 def main() -> None:
-    """Train the ladder at each clip norm (in parallel), fit w_c and ν, print and save the comparison."""
+    """Train the ladder at each clip norm (in parallel), fit w_c and nu, print and save the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--clip", type=float, nargs="+", default=[0.5, 1.0, 2.0])

@@ -52,6 +52,14 @@ def test_every_schema_object_is_closed_and_requires_all_its_keys():
         ("data", "source", "ftp", "data.source: 'ftp' is not one of"),
         ("observables", "eps", [0.1, 0.3], "observables.eps: [0.1, 0.3] is not in decreasing order"),
         ("observables", "tau_w", [100, 10], "observables.tau_w: [100, 10] is not in increasing order"),
+        ("aging", "tau_w", [300, 100], "aging.tau_w: [300, 100] must increase and stay below aging.steps"),
+        ("aging", "steps", 0, "aging.steps: 0 is less than the minimum of 1"),
+        ("fits", "ci", 1.0, "fits.ci: 1.0 is greater than or equal to the maximum of 1"),
+        ("fits", "floor_factor", 0.5, "fits.floor_factor: 0.5 is less than the minimum of 1"),
+        ("fits", "max_width_ratio", 1, "fits.max_width_ratio: 1 is less than or equal to the minimum of 1"),
+        ("fits", "min_widths", 1, "fits.min_widths: 1 is less than the minimum of 2"),
+        ("fits", "n_boot", 5, "fits.n_boot: 5 is less than the minimum of 10"),
+        ("fits", "window_start", [10**9], "fits.window_start: 1000000000 is not below train.steps"),
     ],
 )
 def test_bad_value_is_reported_with_its_key(params, section, key, bad, message):

@@ -14,6 +14,8 @@ from bachglass import figures
 
 pytestmark = pytest.mark.slow
 SMK = ["snakemake", "--cores", "2"]
+# DVC stages that re-run after a train edit (the aging subset is trained with the same section), sorted
+DOWNSTREAM_OF_TRAIN = ["aging_observables", "aging_study", "check", "figures", "fits", "observables", "study"]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,8 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
         assert built == covered, f"{name}: targets build {built}, outs cover {covered}"
         for f in built:
             rule_of_target[f] = name
-            deps = jobs[f]["inputs"] - {i for i in jobs[f]["inputs"] if i.startswith("results/runs/")}
+            # a combine stage depends on its runs' folder (results/runs, results/aging) as a whole
+            deps = {i for i in jobs[f]["inputs"] if not i.startswith(("results/runs/", "results/aging/"))}
             assert deps <= stage["deps"], f"{name}: Snakemake inputs {deps - stage['deps']} not in deps"
     assert set(rule_of_target) == set(jobs), f"not built by any stage: {set(jobs) - set(rule_of_target)}"
 
@@ -94,6 +97,11 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
         "train": {"train"},
         "observables": {"observables"},
         "study": {"grid"},
+        "train_aging": {"train", "aging.steps"},
+        "aging_observables": {"observables", "aging.tau_w"},
+        "aging_study": {"aging.depth", "aging.width", "aging.seed"},
+        "fits": {"fits", "observables"},
+        "check": set(),
         "figures": {"figures"},
     }
     for name, stage in dvc_stages(repo).items():
@@ -102,7 +110,7 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
         "data": {"data", "encoding"},
         "train": {"train"},
         "observables": {"observables", "grid"},
-        "analysis": {"figures"},
+        "analysis": {"fits", "observables", "figures"},
     }.items():
         text = (ROOT / f"workflow/rules/{rule_file}.smk").read_text()
         assert set(re.findall(r'=config\["(\w+)"\]', text)) == sections, rule_file
@@ -164,9 +172,12 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     edit_params(repo, {"train": {"lr": 0.1}})
     status = run(["dvc", "status", "--json"], repo).stdout
     stale = set(yaml.safe_load(status))  # DVC lists the stages whose own deps/params changed
-    assert stale == {f"train@{d}-{w}-0" for d in (1, 2) for w in (2, 8)}, stale
+    assert stale == {f"train@{d}-{w}-0" for d in (1, 2) for w in (2, 8)} | {
+        "train_aging@1-8-0",
+        "train_aging@1-8-1",
+    }, stale
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], repo).stdout)
-    assert sorted({s.split("@")[0] for s in ran}) == ["figures", "observables", "study", "train"]
+    assert sorted({s.split("@")[0] for s in ran}) == sorted([*DOWNSTREAM_OF_TRAIN, "train", "train_aging"])
     assert "chorales" not in ran and "encode" not in ran
     with xr.open_dataset(traj) as ds:
         assert ds.attrs["lr"] == 0.1
@@ -195,12 +206,17 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
 
     edit_params(clone, {"train": {"lr": 0.1}})
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], clone).stdout)
-    assert sorted({s.split("@")[0] for s in ran}) == ["figures", "observables", "study", "train"]
+    assert sorted({s.split("@")[0] for s in ran}) == sorted([*DOWNSTREAM_OF_TRAIN, "train", "train_aging"])
     # no upstream job ran inside a stage's Snakemake call, whatever the mtimes after the pull
     assert sorted(p.name for p in (clone / "results/logs").iterdir()) == [
+        "check_science.log",
+        "combine_aging.log",
         "combine_study.log",
+        "extract_aging_observables",
         "extract_observables",
+        "fit_study.log",
         "plot_figures.log",
+        "train_aging_run",
         "train_run",
     ]
     assert (clone / "results/data/encoded.nc").read_bytes() == (

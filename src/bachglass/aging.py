@@ -58,7 +58,7 @@ def mean_spread(delta: np.ndarray, tau_w: np.ndarray, lag: np.ndarray, mu: float
 
 
 def best_mu(delta: np.ndarray, tau_w: np.ndarray, lag: np.ndarray, mu_max: float) -> float:
-    """The μ in [0, mu_max] (step 0.01) that minimises the mean spread; NaN without an overlap."""
+    """Find the μ in [0, mu_max] (step 0.01) that minimises the mean spread; NaN without an overlap."""
     mus = np.arange(0.0, mu_max + MU_STEP / 2, MU_STEP)
     s = np.array([mean_spread(delta, tau_w, lag, mu) for mu in mus])
     return float(mus[np.nanargmin(s)]) if np.isfinite(s).any() else np.nan
@@ -68,7 +68,7 @@ def seed_resamples(n: int) -> list[tuple[tuple[int, ...], float]]:
     """Every distinct bootstrap resample of ``n`` seeds (a multiset) with its probability.
 
     With few seeds the bootstrap distribution can be enumerated exactly instead of sampled:
-    C(2n−1, n) multisets (3 for 2 seeds, 126 for 5), each with multinomial weight n!/∏k!/nⁿ.
+    C(2n-1, n) multisets (3 for 2 seeds, 126 for 5), each with multinomial weight n!/∏k!/nⁿ.
     """
     out = []
     for combo in itertools.combinations_with_replacement(range(n), n):
@@ -100,7 +100,9 @@ AGING_VARS = {
 }
 
 
-def _collapse_one(delta: np.ndarray, tau_w: np.ndarray, lag: np.ndarray, mu_max: float, ci: float) -> np.ndarray:
+def _collapse_one(
+    delta: np.ndarray, tau_w: np.ndarray, lag: np.ndarray, mu_max: float, ci: float
+) -> np.ndarray:
     """[mu, lo, hi, S(mu), S(1), S(0), S_short, S_long, mu per adjacent τ_w pair...] of one (d, w).
 
     ``delta`` is (seed, tau_w, lag) with diverged seeds already removed (all NaN).
@@ -132,7 +134,9 @@ def _collapse_one(delta: np.ndarray, tau_w: np.ndarray, lag: np.ndarray, mu_max:
     return out
 
 
-def collapse(msd_lag: xr.DataArray, diverged: xr.DataArray, tau_w_min: int, mu_max: float, ci: float) -> xr.Dataset:
+def collapse(
+    msd_lag: xr.DataArray, diverged: xr.DataArray, tau_w_min: int, mu_max: float, ci: float
+) -> xr.Dataset:
     """Aging collapse metrics of every (depth, width), from Δ on the common lag grid averaged over seeds.
 
     Waiting times below ``tau_w_min`` (inside the initial plateau of the loss) are left out. The
@@ -143,13 +147,21 @@ def collapse(msd_lag: xr.DataArray, diverged: xr.DataArray, tau_w_min: int, mu_m
     m = m.transpose("depth", "width", "seed", "tau_w", "lag")
     tau_w, lag = m["tau_w"].values.astype(np.float64), m["lag"].values.astype(np.float64)
     values = np.array(
-        [[_collapse_one(m.values[i, j], tau_w, lag, mu_max, ci) for j in range(m.sizes["width"])] for i in range(m.sizes["depth"])]
+        [
+            [_collapse_one(m.values[i, j], tau_w, lag, mu_max, ci) for j in range(m.sizes["width"])]
+            for i in range(m.sizes["depth"])
+        ]
     )
     coords = {"depth": m["depth"], "width": m["width"]}
-    ds = xr.Dataset({name: (("depth", "width"), values[..., k]) for k, name in enumerate(AGING_VARS)}, coords=coords)
+    ds = xr.Dataset(
+        {name: (("depth", "width"), values[..., k]) for k, name in enumerate(AGING_VARS)}, coords=coords
+    )
     ds["mu_pair"] = (("depth", "width", "tau_w_pair"), values[..., 8:])
     ds = ds.assign_coords(tau_w_pair=tau_w[:-1].astype(np.int64))
     for name, (long_name, units) in AGING_VARS.items():
         ds[name].attrs = {"long_name": long_name, "units": units}
-    ds["mu_pair"].attrs = {"long_name": "mu that collapses tau_w_pair with the next waiting time", "units": "1"}
+    ds["mu_pair"].attrs = {
+        "long_name": "mu that collapses tau_w_pair with the next waiting time",
+        "units": "1",
+    }
     return ds

@@ -1,25 +1,28 @@
-"""Fits of the study: loss power laws, critical slowing down and the interpolation transition.
+"""Fits of the study: loss power laws, floors and phases, and the assembly of ``fits.nc``.
 
-``study.nc`` (observables over depth, width, seed) in, the numbers of paper-spec §1.7 and §5.3 out.
-Uncertainties of the critical fits come from a bootstrap over seeds, resampled independently per
-width (runs of different widths are independent), so they include the seed-to-seed scatter that a
-curve-fit covariance misses. The aging collapse lives in :mod:`bachglass.aging`.
+``study.nc`` (observables over depth, width, seed) in, the numbers of paper-spec §1.7 and §5.3 out:
+this module fits each run's loss and classifies each (depth, width); the critical fits live in
+:mod:`bachglass.critical` and the aging collapse in :mod:`bachglass.aging`.
 """
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 from scipy.optimize import least_squares
+from scipy.stats import norm
 
-from bachglass.observables import smoothed_loss
+from bachglass.aging import collapse
+from bachglass.critical import critical
+from bachglass.observables import NATS, smoothed_loss
 
 log = logging.getLogger(__name__)
 
 UNDER, OVER, UNDETERMINED = 1, 0, -1  # phase flags (CF flag_values)
+MODULES = ("fits", "critical", "aging", "observables")  # code whose hash goes into the provenance
+STUDY_VARIABLES = ("loss", "clip_fraction", "tau", "msd_lag", "diverged")  # what fit_study reads
 
 
 @dataclass(frozen=True)
@@ -38,16 +41,13 @@ class FitsConfig:
     seed: int
 
 
-# ----------------------------------------------------------------------------- loss power laws
-
-
 def fit_power_law(step: np.ndarray, loss: np.ndarray, start: float) -> np.ndarray:
     """Fit L(t) = L_inf + B (t/t_end)^-alpha to ``loss`` at ``step >= start``, in log L.
 
-    Returns [L_inf, B, alpha, σ(L_inf), σ(B), σ(alpha), rms of ln-residuals] (NaN when fewer than 6
-    finite points). B is the amplitude at the end of the window, t_end, which decouples it from
+    Returns [L_inf, B, alpha, sigma(L_inf), sigma(B), sigma(alpha), rms of ln-residuals] (NaN when
+    fewer than 6 finite points). B is the amplitude at the end of the window, t_end, which decouples it from
     alpha (B t^-alpha of the paper has B_paper = B t_end^alpha). Least squares in log L because the
-    loss spans decades. L_inf lies in [0, min L]: a floor above the data is no floor. σ are the
+    loss spans decades. L_inf lies in [0, min L]: a floor above the data is no floor. sigma are the
     curve-fit standard errors; late-time residuals are correlated, so the window sensitivity and the
     seed scatter are the honest error measures and are reported beside them. Several starts
     (alpha 0.1 … 2, L_inf 0 … 0.9 min L) guard against the shallow valleys of this model.
@@ -102,7 +102,7 @@ def power_laws(loss: xr.DataArray, starts: Sequence[int]) -> xr.Dataset:
 
 
 def sgd_floor(L_inf: xr.DataArray) -> xr.DataArray:
-    """The loss floor of the widest nets per depth: median over seeds of their fitted L_inf.
+    """Estimate the loss floor of the widest nets per depth: median over seeds of their fitted L_inf.
 
     paper-spec 1.7 g: the late plateau of the widest nets. With full-batch steps there is no
     minibatch noise, so this is the floor of plain gradient descent on this budget; it is reported
@@ -116,9 +116,9 @@ def classify(
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Phase of each (depth, width): under-parametrized, over-parametrized or undetermined.
 
-    Under: in every seed and every fit window, L_inf − z σ lies above ``factor`` × the floor
+    Under: in every seed and every fit window, L_inf - z sigma lies above ``factor`` x the floor
     (max of data floor and SGD floor): clearly above both. Over: in every seed and window L_inf
-    − z σ lies at or below it. Otherwise (seeds or windows disagree) undetermined. Diverged runs
+    - z sigma lies at or below it. Otherwise (seeds or windows disagree) undetermined. Diverged runs
     (NaN) are left out; a width with no valid run is undetermined.
     """
     lower = fit["L_inf"] - z * fit["L_inf_err"]
@@ -138,202 +138,165 @@ def crossing_time(smooth: xr.DataArray, level: xr.DataArray) -> xr.DataArray:
     return smooth["step"].astype(np.float64).where(reached).min("time").fillna(np.inf)
 
 
-# ----------------------------------------------------------------------------- critical slowing down
+def clipped_fraction(clip_fraction: xr.DataArray) -> xr.DataArray:
+    """Fraction of all SGD steps of a run whose gradient was clipped (from the per-interval record)."""
+    steps = np.diff(clip_fraction["step"].values, prepend=0).astype(np.float64)
+    weights = xr.DataArray(steps, dims="time", coords={"time": clip_fraction["time"]})
+    return (clip_fraction.fillna(0) * weights).sum("time") / steps.sum()
 
 
-@dataclass(frozen=True)
-class CriticalFit:
-    """1/τ = (w − w_c)/A over the widths ``used``; R² of the uncensored points."""
-
-    w_c: float
-    A: float
-    r2: float
-    n_widths: int
-    n_censored: int
-    w_max: float
-
-
-NO_FIT = CriticalFit(np.nan, np.nan, np.nan, 0, 0, np.nan)
-
-
-def _linear_censored(
-    w: np.ndarray, tau: np.ndarray, t_max: float, rel_err: float
-) -> tuple[float, float] | None:
-    """Weighted least squares of 1/τ = s (w − w_c), with censored points as one-sided constraints.
-
-    σ(1/τ) = rel_err/τ: τ is known to one checkpoint interval of a log grid. A censored point (τ =
-    +inf: not reached by t_max) says only 1/τ < 1/t_max; it adds a residual only when the line
-    predicts a learning time shorter than the run (a Tobit-like hinge). Returns (w_c, s).
-    """
-    done = np.isfinite(tau)
-    y, sig = 1.0 / tau[done], rel_err / tau[done]
-    wt = 1.0 / sig**2
-    X = np.stack([np.ones(done.sum()), w[done]], axis=1)
-    c0, c1 = np.linalg.solve(X.T @ (X * wt[:, None]), X.T @ (wt * y))
-    if c1 <= 0:
-        return None
-    w_c, s = -c0 / c1, c1
-    cens_w, y_c = w[~done], 1.0 / t_max
-    if not np.any(s * (cens_w - w_c) > y_c):
-        return w_c, s
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        on = (p[1] * (w[done] - p[0]) - y) / sig
-        off = np.maximum(p[1] * (cens_w - p[0]) - y_c, 0.0) / (rel_err * y_c)
-        return np.concatenate([on, off])
-
-    fit = least_squares(residual, [w_c, s], bounds=([-np.inf, 1e-15], [np.inf, np.inf]), x_scale="jac")
-    return float(fit.x[0]), float(fit.x[1])
-
-
-def critical_fit(
-    w: np.ndarray, tau: np.ndarray, t_max: float, rel_err: float, ratio: float, min_widths: int
-) -> CriticalFit:
-    """w_c and A from the lowest widths that reached ε, as many as lie within ``ratio`` × w_c.
-
-    ``w`` and ``tau`` are one point per run (seeds flattened); τ = +inf is censored, NaN (diverged)
-    is dropped. Far above w_c the learning time saturates at the time the loss needs to fall at
-    all, so 1/τ is linear in w only near w_c: windows [lowest reached width, k-th] are tried for
-    k = min_widths, … and the largest one whose top width is ≤ ratio × its own w_c is kept
-    (self-consistent; no width is dropped by hand). Censored runs up to the window top constrain
-    the line from below (see :func:`_linear_censored`).
-    """
-    keep = ~np.isnan(tau)
-    w, tau = w[keep], tau[keep]
-    reached = np.unique(w[np.isfinite(tau)])
-    best = NO_FIT
-    for k in range(min_widths, reached.size + 1):
-        top = reached[k - 1]
-        window = w <= top
-        if np.unique(w[window & np.isfinite(tau)]).size < min_widths:
-            continue
-        fit = _linear_censored(w[window], tau[window], t_max, rel_err)
-        if fit is None or top > ratio * fit[0]:
-            continue
-        w_c, s = fit
-        done = window & np.isfinite(tau)
-        y, y_hat = 1.0 / tau[done], s * (w[done] - w_c)
-        r2 = 1.0 - np.sum((y - y_hat) ** 2) / np.sum((y - y.mean()) ** 2)
-        n_cens = int(np.sum(window & ~np.isfinite(tau)))
-        best = CriticalFit(w_c, 1.0 / s, float(r2), k, n_cens, float(top))
-    return best
-
-
-def free_exponent_fit(
-    w: np.ndarray, tau: np.ndarray, t_max: float, rel_err: float, w_max: float, start: CriticalFit
-) -> tuple[float, float, float]:
-    """τ = A (w − w_c)^−ν with ν free, in log τ, over the widths ≤ ``w_max``: (w_c, A, ν).
-
-    Starts from the linear fit (ν = 1). w_c stays below the smallest width that reached ε (else its
-    τ would be infinite); censored runs add a residual only if predicted to finish within t_max.
-    """
-    keep = ~np.isnan(tau) & (w <= w_max)
-    w, tau = w[keep], tau[keep]
-    done = np.isfinite(tau)
-    if np.unique(w[done]).size < 3 or not np.isfinite(start.w_c):
-        return np.nan, np.nan, np.nan
-    ln_tau, sig = np.log(tau[done]), np.log1p(rel_err)
-    w_top = float(w[done].min()) - 1e-6
-    ln_tmax = np.log(t_max)
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        gap = np.maximum(w - p[0], 1e-12)
-        pred = p[1] - p[2] * np.log(gap)
-        off = np.where(w[~done] > p[0], np.maximum(ln_tmax - pred[~done], 0.0), 0.0)
-        return np.concatenate([(pred[done] - ln_tau) / sig, off / sig])
-
-    w_c0 = min(start.w_c, w_top - 0.5)
-    p0 = [w_c0, np.log(start.A), 1.0]
-    lower, upper = [-np.inf, -np.inf, 0.05], [w_top, np.inf, 10.0]
-    fit = least_squares(residual, p0, bounds=(lower, upper), x_scale="jac")
-    return float(fit.x[0]), float(np.exp(fit.x[1])), float(fit.x[2])
-
-
-def extrapolate(eps: np.ndarray, w_c: np.ndarray, n: int) -> tuple[float, float]:
-    """w_c* and slope of w_c(ε) = w_c* + b ε over the ``n`` smallest ε with a finite w_c.
-
-    Linear in ε over the smallest thresholds (paper-spec 1.7 e, the default form): with three or
-    four thresholds a free exponent γ would not be determined. NaN when fewer than two points.
-    """
-    ok = np.isfinite(w_c)
-    e, y = eps[ok], w_c[ok]
-    order = np.argsort(e)[:n]
-    if order.size < 2:
-        return np.nan, np.nan
-    slope, intercept = np.polyfit(e[order], y[order], 1)
-    return float(intercept), float(slope)
-
-
-def _critical_all(
-    widths: np.ndarray, tau: np.ndarray, eps: np.ndarray, t_max: float, rel_err: float, config: FitsConfig
-) -> np.ndarray:
-    """Critical fits for every (depth, ε) of τ (depth, width, seed, eps): (depth, eps, 5) of
-    [w_c, A, ν, R², n_widths] and (depth, 2) of [w_c*, slope] appended as (depth, eps+1, 5)."""
-    n_depth, _, n_seed, n_eps = tau.shape
-    out = np.full((n_depth, n_eps, 7), np.nan)
-    w = np.repeat(widths, n_seed)
-    for d in range(n_depth):
-        for e in range(n_eps):
-            t = tau[d, :, :, e].ravel()
-            lin = critical_fit(w, t, t_max, rel_err, config.max_width_ratio, config.min_widths)
-            nu = free_exponent_fit(w, t, t_max, rel_err, lin.w_max, lin)[2]
-            out[d, e, :5] = lin.w_c, lin.A, nu, lin.r2, lin.n_widths
-        out[d, :, 5:] = extrapolate(eps, out[d, :, 0], config.extrapolation_eps)
-    return out
-
-
-def _quantiles(boot: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bootstrap quantiles along the first axis; NaN where no replica has a fit."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: no fit in any replica
-        lo, hi = np.nanquantile(boot, q, axis=0)
-    return lo, hi
-
-
-def _bootstrap_seeds(tau: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """τ with seeds resampled with replacement, independently for each (depth, width)."""
-    n_depth, n_width, n_seed, _ = tau.shape
-    pick = rng.integers(0, n_seed, size=(n_depth, n_width, n_seed))
-    return np.take_along_axis(tau, pick[..., None], axis=2)
-
-
-CRITICAL_VARS = {
-    "w_c": ("critical width: 1/tau = (w - w_c)/A", "1"),
-    "A": ("critical amplitude A in tau = A/(w - w_c)", "SGD steps"),
-    "nu": ("free exponent in tau = A (w - w_c)^-nu", "1"),
+ATTRS = {  # name: (long_name, units)
+    "alpha": ("power-law exponent of L - L_inf over the reported window", "1"),
+    "L_inf": ("asymptotic loss of the power-law fit", NATS),
+    "B": ("power-law amplitude at the end of the window: L = L_inf + B (t/t_end)^-alpha", NATS),
+    "alpha_err": ("curve-fit standard error of alpha", "1"),
+    "L_inf_err": ("curve-fit standard error of L_inf", NATS),
+    "B_err": ("curve-fit standard error of B", NATS),
+    "fit_rms": ("rms residual of ln L about the power-law fit", "1"),
+    "alpha_windows": ("alpha for each fit window", "1"),
+    "L_inf_windows": ("L_inf for each fit window", NATS),
+    "alpha_window_spread": ("max - min of alpha over the fit windows", "1"),
+    "L_inf_lower": ("L_inf minus z standard errors (reported window)", NATS),
+    "sgd_floor": ("loss floor of the widest nets: median fitted L_inf", NATS),
+    "floor_ref": ("max(data floor, SGD floor)", NATS),
+    "phase": ("phase from L_inf: 1 under-, 0 over-parametrized, -1 undetermined", "1"),
+    "w_under_max": ("widest under-parametrized width", "1"),
+    "w_over_min": ("narrowest over-parametrized width", "1"),
+    "t_star": ("first step with smoothed loss <= floor_factor * floor_ref", "SGD steps"),
+    "clipped_fraction": ("fraction of all SGD steps with a clipped gradient", "1"),
+    "eps_valid": ("eps far enough above the floors for a learning time", "1"),
+    "r2": ("R^2 of the linear fit of 1/tau in w (reached runs)", "1"),
+    "n_widths": ("widths that reached eps used in the critical fit", "1"),
+    "w_c_star": ("interpolation transition: w_c extrapolated to eps -> 0", "1"),
+    "w_c_star_lo": ("lower bound of the seed-bootstrap interval of w_c_star", "1"),
+    "w_c_star_hi": ("upper bound of the seed-bootstrap interval of w_c_star", "1"),
+    "w_c_star_slope": ("slope b of w_c(eps) = w_c_star + b eps", "1/(" + NATS + ")"),
+    "w_c_star_boot": ("seed-bootstrap replicas of w_c_star", "1"),
+    "window": ("start of the power-law fit window", "SGD steps"),
+    "boot": ("seed-bootstrap replica", "1"),
 }
 
 
-def critical(study: xr.Dataset, eps_valid: xr.DataArray, config: FitsConfig) -> xr.Dataset:
-    """w_c(d, ε), A, ν with seed-bootstrap CIs, and the extrapolated w_c*(d) (dims depth, eps, boot).
+def fit_study(
+    study: xr.Dataset, config: FitsConfig, smoothing_decades: float, aging: xr.Dataset | None = None
+) -> xr.Dataset:
+    """Every fit of the study (the ``fits.nc`` layout; see README "How to read the results").
 
-    Invalid thresholds (too close to a floor, ``eps_valid`` false) get no fit. The bootstrap
-    replicas are kept (``*_boot``) so that differences (w_c at two ε, w_c* at two depths) get
-    their own CIs downstream.
+    Diverged runs are left out of every fit. The floors are measured first because they bound the
+    rest: a threshold ε closer to them than ``floor_factor`` is not used for learning times, and
+    the phase of a net is judged against them. ``aging``, the longer runs of the aging subset, adds
+    ``aging_*`` variables on their own ``aging_depth``, ``aging_width`` (``aging_seed``) dims.
     """
-    tau = study["tau"].transpose("depth", "width", "seed", "eps")
-    tau = tau.where(eps_valid).values  # NaN: not fitted
-    widths, eps = study["width"].values.astype(np.float64), study["eps"].values
-    t_max = float(study["step"].values[-1])
-    rel_err = 10 ** (1 / float(study.attrs["checkpoints_per_decade"])) - 1
-    point = _critical_all(widths, tau, eps, t_max, rel_err, config)
-    rng = np.random.default_rng(config.seed)
-    boot = np.stack(
-        [_critical_all(widths, _bootstrap_seeds(tau, rng), eps, t_max, rel_err, config) for _ in range(config.n_boot)]
+    diverged = study["diverged"].astype(bool)
+    smooth = smoothed_loss(study["loss"].where(~diverged), smoothing_decades)
+    windows = power_laws(smooth, config.window_start)
+    reported = windows.isel(window=0, drop=True)
+    data_floor = float(study.attrs["data_floor"])
+    sgd = sgd_floor(reported["L_inf"])
+    floor_ref = np.maximum(sgd, data_floor)
+    z = float(norm.ppf((1 + config.ci) / 2))
+    phase, lower = classify(windows, floor_ref, config.floor_factor, z)
+    eps_valid = data_floor + study["eps"] >= config.floor_factor * floor_ref
+    widths = study["width"].astype(np.float64)
+    ds = xr.Dataset(
+        {
+            **{name: reported[name] for name in POWER_LAW_VARS},
+            "alpha_windows": windows["alpha"],
+            "L_inf_windows": windows["L_inf"],
+            "alpha_window_spread": windows["alpha"].max("window") - windows["alpha"].min("window"),
+            "L_inf_lower": lower,
+            "sgd_floor": sgd,
+            "floor_ref": floor_ref,
+            "phase": phase,
+            "w_under_max": widths.where(phase == UNDER).max("width"),
+            "w_over_min": widths.where(phase == OVER).min("width"),
+            "t_star": crossing_time(smooth, config.floor_factor * floor_ref),
+            "clipped_fraction": clipped_fraction(study["clip_fraction"]).where(~diverged),
+            "eps_valid": eps_valid,
+            "diverged": diverged,
+        }
     )
-    q = [(1 - config.ci) / 2, (1 + config.ci) / 2]
-    dims, coords = ("depth", "eps"), {"depth": study["depth"], "eps": study["eps"]}
-    ds = xr.Dataset(coords=coords)
-    for i, name in enumerate(CRITICAL_VARS):
-        ds[name] = (dims, point[..., i])
-        ds[f"{name}_boot"] = (("boot", *dims), boot[..., i])
-        lo, hi = _quantiles(boot[..., i], q)
-        ds[f"{name}_lo"], ds[f"{name}_hi"] = (dims, lo), (dims, hi)
-    ds["r2"] = (dims, point[..., 3])
-    ds["n_widths"] = (dims, np.nan_to_num(point[..., 4]).astype(np.int64))
-    ds["w_c_star"] = ("depth", point[:, 0, 5])
-    ds["w_c_star_slope"] = ("depth", point[:, 0, 6])
-    ds["w_c_star_boot"] = (("boot", "depth"), boot[:, :, 0, 5])
-    lo, hi = _quantiles(boot[:, :, 0, 5], q)
-    ds["w_c_star_lo"], ds["w_c_star_hi"] = ("depth", lo), ("depth", hi)
-    return ds.assign_coords(boot=np.arange(config.n_boot))
+    parts = [ds, critical(study, eps_valid, config), collapse_aging(study, config)]
+    if aging is not None:
+        parts.append(
+            fit_aging_subset(aging, floor_ref.reindex(depth=aging["depth"]), config, smoothing_decades)
+        )
+    ds = xr.merge(parts)
+    for name, (long_name, units) in ATTRS.items():
+        if name in ds.variables:
+            ds[name].attrs = {"long_name": long_name, "units": units}
+    ds["phase"].attrs |= {
+        "flag_values": [OVER, UNDER, UNDETERMINED],
+        "flag_meanings": "over under undetermined",
+    }
+    ds.attrs = {"data_floor": data_floor, "ci": config.ci, "z": z, "smoothing_decades": smoothing_decades}
+    ds.attrs |= {k: study.attrs[k] for k in ("lr", "batch_size", "clip_norm", "steps") if k in study.attrs}
+    return ds
+
+
+def fit_aging_subset(
+    aging: xr.Dataset, floor_ref: xr.DataArray, config: FitsConfig, smoothing_decades: float
+) -> xr.Dataset:
+    """Phase, t* and aging collapse of the longer runs; dims and variables prefixed ``aging_``.
+
+    Judged against the floors of the main grid at the same depth (``floor_ref``; the data floor
+    where the grid lacks that depth), so that a net's phase means the same in both.
+    """
+    diverged = aging["diverged"].astype(bool)
+    smooth = smoothed_loss(aging["loss"].where(~diverged), smoothing_decades)
+    windows = power_laws(smooth, config.window_start)
+    floor_ref = floor_ref.fillna(float(aging.attrs["data_floor"]))
+    phase, _ = classify(windows, floor_ref, config.floor_factor, float(norm.ppf((1 + config.ci) / 2)))
+    reported = windows.isel(window=0, drop=True)
+    ds = xr.Dataset(
+        {
+            **{name: reported[name] for name in ("L_inf", "alpha", "fit_rms")},
+            "phase": phase,
+            "t_star": crossing_time(smooth, config.floor_factor * floor_ref),
+            "clipped_fraction": clipped_fraction(aging["clip_fraction"]).where(~diverged),
+            "steps": xr.DataArray(int(aging["step"].values[-1])),
+        }
+    )
+    ds = xr.merge([ds, collapse_aging(aging, config)])
+    dims = {d: f"aging_{d}" for d in ("depth", "width", "seed", "tau_w_pair")}
+    return ds.rename({**{v: f"aging_{v}" for v in ds.data_vars}, **dims})
+
+
+def collapse_aging(study: xr.Dataset, config: FitsConfig) -> xr.Dataset:
+    """Compute the aging collapse metrics of :func:`bachglass.aging.collapse` with this config."""
+    return collapse(
+        study["msd_lag"], study["diverged"].astype(bool), config.aging_tau_w_min, config.mu_max, config.ci
+    )
+
+
+def _number(value: float) -> float | None:
+    """Make a JSON-safe float: rounded to 5 significant digits, None for NaN/inf."""
+    value = float(value)
+    return float(f"{value:.5g}") if np.isfinite(value) else None
+
+
+def metrics(fits: xr.Dataset) -> dict:
+    """Collect the headline numbers for ``dvc metrics``: per depth w_c*, nu, floors and collapse metrics.
+
+    nu is the free exponent at the smallest threshold with a fit; collapse metrics are medians over
+    the (depth, width) of one phase (under: below the transition, over: above it).
+    """
+    out: dict = {"data_floor": _number(fits.attrs["data_floor"])}
+    for d in fits["depth"].values:
+        f = fits.sel(depth=d)
+        fitted = f["eps"].values[np.isfinite(f["w_c"].values)]
+        row = {k: _number(f[k]) for k in ("w_c_star", "w_c_star_lo", "w_c_star_hi", "sgd_floor")}
+        row["w_c"] = {f"eps_{e:g}": _number(f["w_c"].sel(eps=e)) for e in f["eps"].values}
+        if fitted.size:
+            e = fitted.min()
+            row |= {
+                "nu_eps": _number(e),
+                **{k: _number(f[k].sel(eps=e)) for k in ("nu", "nu_lo", "nu_hi", "r2")},
+            }
+        for name, flag in (("under", UNDER), ("over", OVER)):
+            sel = f.where(f["phase"] == flag)
+            for k in ("mu", "S_simple", "S_mu", "S_short", "S_long"):
+                row[f"{k}_{name}"] = _number(sel[k].median()) if sel[k].notnull().any() else None
+        row["clipped_fraction_max"] = _number(f["clipped_fraction"].max())
+        out[f"d{int(d)}"] = row
+    return out

@@ -49,6 +49,21 @@ def _check_cross_keys(config: Mapping[str, Any], source: str) -> None:
         )
     if config["data"]["source"] == "files" and not config["data"]["files"]["paths"]:
         raise ParamsError(f"{source}: data.files.paths: empty, but data.source is 'files'")
+    _check_aging_and_fits(config, source)
+
+
+def _check_aging_and_fits(config: Mapping[str, Any], source: str) -> None:
+    aging, fits, steps = config["aging"], config["fits"], config["train"]["steps"]
+    if list(aging["tau_w"]) != sorted(aging["tau_w"]) or max(aging["tau_w"]) >= aging["steps"]:
+        raise ParamsError(
+            f"{source}: aging.tau_w: {aging['tau_w']} must increase and stay below aging.steps "
+            f"({aging['steps']})"
+        )
+    if max(fits["window_start"]) >= steps:
+        raise ParamsError(
+            f"{source}: fits.window_start: {max(fits['window_start'])} is not below train.steps ({steps}); "
+            "a power-law window needs points"
+        )
 
 
 def load_params(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,10 +1,50 @@
-rule plot_figures:
-    """First figures: loss curves per depth and learning times against width."""
+rule fit_study:
+    """Power laws, critical widths w_c(d, eps) and w_c*(d), and the aging collapse, with CIs."""
     input:
         study=upstream(rules.combine_study.output.study),
-        code=code("figures"),
+        aging=upstream(aging_study()),
+        code=code("fits", "critical", "aging", "observables"),
     output:
-        figures=expand(f"{FIGURES}/{{name}}.{{ext}}", name=FIGURE_NAMES, ext=config["figures"]["formats"]),
+        fits="results/fits.nc",
+        metrics="results/metrics.json",
+    log:
+        f"{LOGS}/fit_study.log",
+    benchmark:
+        f"{BENCHMARKS}/fit_study.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        fits=config["fits"],
+        observables=config["observables"],
+    script:
+        "../scripts/fit_study.py"
+
+
+rule check_science:
+    """The paper's qualitative claims (paper-spec §6, checks 1-7) judged on the fits: PASS or FAIL."""
+    input:
+        fits=upstream(rules.fit_study.output.fits),
+        code=code("checks", "fits"),
+    output:
+        table=report("results/science_checks.md", caption="../report/science_checks.rst", category="Checks"),
+    log:
+        f"{LOGS}/check_science.log",
+    benchmark:
+        f"{BENCHMARKS}/check_science.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/check_science.py"
+
+
+rule plot_figures:
+    """The nine figures of paper-spec §1.8, from the study and its fits."""
+    input:
+        study=upstream(rules.combine_study.output.study),
+        fits=upstream(rules.fit_study.output.fits),
+        code=code("figures", "figures_transition", "figures_aging"),
+    output:
+        figures=figure_files(),
     log:
         f"{LOGS}/plot_figures.log",
     benchmark:

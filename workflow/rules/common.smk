@@ -21,11 +21,22 @@ except ParamsError as err:
 
 RUN_ID = "d{depth}_w{width}_s{seed}"
 RUN = f"results/runs/{RUN_ID}"
+AGING_RUN = f"results/aging/{RUN_ID}"  # the longer runs of the aging subset
 DATA = "results/data"
 FIGURES = "results/figures"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
-FIGURE_NAMES = ["loss_curves", "learning_times"]
+FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
+    "loss_curves",
+    "power_laws",
+    "learning_times",
+    "inverse_learning_times",
+    "critical_widths",
+    "phase_diagram",
+    "aging_msd",
+    "aging_collapse",
+    "sgd_floor",
+]
 
 
 wildcard_constraints:
@@ -38,6 +49,43 @@ def all_runs(filename):
     """The file `filename` of every (depth, width, seed) run of the grid."""
     grid = config["grid"]
     return expand(f"{RUN}/{filename}", depth=grid["depth"], width=grid["width"], seed=grid["seed"])
+
+
+def figure_files():
+    """Every figure in every format; the PNGs go into the Snakemake report with their captions."""
+    files = []
+    for name in FIGURE_NAMES:
+        for ext in config["figures"]["formats"]:
+            path = f"{FIGURES}/{name}.{ext}"
+            caption = f"../report/{name}.rst"  # relative to the rule file (workflow/rules/)
+            files.append(report(path, caption=caption, category="Figures") if ext == "png" else path)
+    return files
+
+
+def aging_runs(filename):
+    """The file `filename` of every run of the aging subset (none when its grid is empty)."""
+    grid = config["aging"]
+    return expand(f"{AGING_RUN}/{filename}", depth=grid["depth"], width=grid["width"], seed=grid["seed"])
+
+
+def aging_enabled():
+    """Whether params.yaml asks for an aging subset (every one of its grid lists non-empty)."""
+    return bool(aging_runs("x"))
+
+
+def aging_study():
+    """results/aging.nc when there is an aging subset, else nothing."""
+    return ["results/aging.nc"] if aging_enabled() else []
+
+
+def aging_params():
+    """The train and observables sections for the aging subset: its own steps and waiting times."""
+    aging = config["aging"]
+    return {
+        "train": config["train"] | {"steps": aging["steps"]},
+        "observables": config["observables"] | {"tau_w": aging["tau_w"]},
+        "grid": {key: aging[key] for key in ("depth", "width", "seed")},
+    }
 
 
 def code(*modules):

@@ -1,0 +1,22 @@
+"""Judge the paper's qualitative claims on fits.nc and print the table (rule check_science)."""
+
+import sys
+from typing import TYPE_CHECKING
+
+from bachglass import checks, io
+from bachglass.errors import run_step
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+
+def main() -> None:
+    """Write the PASS/FAIL table of paper-spec §6 checks 1-7 and print it."""
+    results = checks.run_checks(io.read_netcdf(snakemake.input.fits, required=checks.FITS_VARIABLES))
+    text = checks.table(results)
+    io.write_text(text, snakemake.output.table)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    run_step(main, log=snakemake.log[0])
