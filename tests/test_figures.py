@@ -1,34 +1,85 @@
+import logging
+
 import numpy as np
 import pytest
 from conftest import checkpoint_steps, make_trajectory
 
 from bachglass import figures, io
-from bachglass.figures import CENSORED, LOSS_LABEL, STEPS_LABEL, TAU_LABEL, WIDTH_LABEL
+from bachglass.figures_aging import examples
+from bachglass.figures_layout import (
+    CENSORED,
+    INVERSE_TAU_LABEL,
+    LOSS_LABEL,
+    STEPS_LABEL,
+    TAU_LABEL,
+    WIDTH_LABEL,
+)
+from bachglass.fits import OVER, FitsConfig, fit_study
 from bachglass.observables import ObservablesConfig, combine_runs, run_observables
 
 CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.03], smoothing_decades=0.1, tau_w=[10, 100])
+FITS = FitsConfig(
+    window_start=[100, 30],
+    floor_factor=2.0,
+    max_width_ratio=2.0,
+    min_widths=2,
+    extrapolation_eps=2,
+    aging_tau_w_min=10,
+    mu_max=2.0,
+    n_boot=10,
+    ci=0.95,
+    seed=0,
+)
 STEPS = checkpoint_steps(3000, 10)
+NAMES = [
+    "loss_curves",
+    "power_laws",
+    "learning_times",
+    "inverse_learning_times",
+    "critical_widths",
+    "phase_diagram",
+    "aging_msd",
+    "aging_collapse",
+    "sgd_floor",
+]
+FIT_DASHES = (0, (4, 2))
 
 
-def synthetic_study(depths=(1, 2), widths=(4, 8, 16), seeds=(0, 1), diverged=(), floor=0.2, scale=1.0):
-    """Narrow nets plateau above the floor (censored at small eps), wide ones approach it."""
+def synthetic_study(
+    depths=(1, 2), widths=(4, 8, 12, 16, 24), seeds=(0, 1), diverged=(), floor=0.01, scale=1.0
+):
+    """Critical slowing down with w_c = 14/d: 1/tau is linear in w - w_c above it; below, a plateau.
+
+    Narrow nets sit 0.35 nats or more above the floor (censored at every eps, under-parametrized);
+    wide ones fall as 3/(1 + (w - w_c) t/A) onto the floor.
+    """
     runs = []
     for d in depths:
         for w in widths:
             for s in seeds:
-                plateau = max(0.0, 0.02 * (10 / d - w)) + 0.01 * s
-                loss = floor + plateau + scale * 3.0 * (1.0 + STEPS / w) ** -0.8
+                w_c = 14 / d
+                plateau = 0.35 + 0.05 * (w_c - w) if w < w_c else 0.0
+                rate = (w - w_c) / (50 * (1 + 0.1 * s)) if w > w_c else 0.05
+                loss = floor + plateau + scale * 3.0 / (1.0 + rate * STEPS)
                 status = "diverged" if (d, w, s) in diverged else "completed"
                 traj = make_trajectory(
                     d, w, s, steps=STEPS, loss=loss, data_floor=floor, status=status, diverged_step=300
                 )
                 runs.append(run_observables(traj, CONFIG, {}))
-    return combine_runs(runs, {"params_sha256": "x"})
+    study = combine_runs(runs, {"params_sha256": "x"})
+    study.attrs["checkpoints_per_decade"] = 10
+    return study
+
+
+def study_and_fits(**kwargs):
+    logging.getLogger("bachglass").setLevel(logging.ERROR)  # tau_w snapped to the coarse test grid
+    study = synthetic_study(**kwargs)
+    return study, fit_study(study, FITS, CONFIG.smoothing_decades)
 
 
 @pytest.fixture(scope="module")
-def study():
-    return synthetic_study(diverged={(2, 16, 1)})
+def data():
+    return study_and_fits(diverged={(2, 16, 1)})
 
 
 def saved(fig, tmp_path, name):
@@ -37,47 +88,174 @@ def saved(fig, tmp_path, name):
     return path
 
 
-def test_loss_curves_has_one_log_log_panel_per_depth(study, tmp_path):
-    fig = figures.loss_curves(study)
-    panels = [ax for ax in fig.axes if ax.get_title()]
+def titled(fig):
+    return [ax for ax in fig.axes if ax.get_title()]
+
+
+def legend_texts(fig):
+    return [
+        t.get_text()
+        for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+        if legend
+        for t in legend.get_texts()
+    ]
+
+
+def test_figure_set_is_the_nine_figures_in_paper_order():
+    assert list(figures.FIGURES) == NAMES
+
+
+def test_fixture_has_both_phases_and_critical_fits(data):
+    _, fits = data
+    assert set(np.unique(fits["phase"])) >= {0, 1}
+    assert np.isfinite(fits["w_c"]).sum() >= 4 and np.isfinite(fits["w_c_star"]).all()
+    assert np.isfinite(fits["t_star"]).any() and np.isfinite(fits["mu"]).all()
+
+
+def test_loss_curves_draw_the_fitted_power_law_over_the_fit_window(data, tmp_path):
+    study, fits = data
+    fig = figures.loss_curves(study, fits)
+    panels = titled(fig)
     assert [ax.get_title() for ax in panels] == ["d = 1", "d = 2"]
     assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in panels)
     assert panels[0].get_ylabel() == LOSS_LABEL and panels[1].get_xlabel() == STEPS_LABEL
-    legend = [t.get_text() for t in panels[0].get_legend().get_texts()]
-    assert legend == ["data floor 0.2", "diverged"]
-    colorbar = fig.axes[-1]
-    assert [t.get_text() for t in colorbar.get_yticklabels()] == ["4", "8", "16"]
-    curves = [line.get_xdata() for line in panels[0].lines if np.size(line.get_xdata()) > 2]
-    assert len(curves) == 3 * 3 and min(x.min() for x in curves) >= 1  # 2 seeds + median per width; no step 0
+    texts = legend_texts(fig)
+    assert (
+        "data floor 0.01" in texts and "diverged" in texts and any(t.startswith("fit L_inf") for t in texts)
+    )
+    assert [t.get_text() for t in fig.axes[-1].get_yticklabels()] == ["4", "8", "12", "16", "24"]
+    fitted = [
+        line for line in panels[0].lines if line.get_linestyle() == "--" and np.size(line.get_xdata()) > 2
+    ]
+    assert len(fitted) == 5  # one per width
+    assert all(line.get_xdata().min() >= 100 for line in fitted)  # fits.window[0]
     saved(fig, tmp_path, "loss_curves")
 
 
-def test_learning_times_marks_censored_runs(study, tmp_path):
-    fig = figures.learning_times(study)
-    panels = [ax for ax in fig.axes if ax.get_title()]
+def test_power_laws_show_alpha_and_log_L_inf_with_phases_and_floors(data, tmp_path):
+    study, fits = data
+    fig = figures.power_laws(study, fits)
+    alpha, l_inf = titled(fig)
+    assert alpha.get_ylabel() == r"power-law exponent $\alpha$" and l_inf.get_yscale() == "log"
+    assert alpha.get_xlabel() == WIDTH_LABEL == l_inf.get_xlabel()
+    texts = legend_texts(fig)
+    assert {"d = 1", "d = 2", "data floor 0.01"} <= set(texts)
+    assert any(t.startswith("under-parametrized") for t in texts)
+    assert any(t.startswith("2 x floor_ref, d = 1") for t in texts)
+    saved(fig, tmp_path, "power_laws")
+
+
+def test_learning_times_draw_the_critical_fit_and_mark_censored_runs(data, tmp_path):
+    study, fits = data
+    fig = figures.learning_times(study, fits)
+    panels = titled(fig)
     assert [ax.get_title() for ax in panels] == ["d = 1", "d = 2"]
     assert panels[0].get_yscale() == "log" and panels[0].get_ylabel() == TAU_LABEL
     assert panels[0].get_xlabel() == WIDTH_LABEL
-    texts = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert texts == ["ε = 0.3", "ε = 0.1", "ε = 0.03", CENSORED, "diverged"]
+    texts = legend_texts(fig)
+    assert texts[:5] == ["ε = 0.3", "ε = 0.1", "ε = 0.03", CENSORED, "diverged"]
     open_triangles = [line for line in panels[0].lines if line.get_marker() == "^" and line.get_xdata().size]
     assert open_triangles and all(line.get_markerfacecolor() == "none" for line in open_triangles)
-    assert np.isinf(study["tau"].sel(depth=1, width=4)).any()
+    w_c, A = (float(fits[v].sel(depth=1, eps=0.3)) for v in ("w_c", "A"))
+    curves = [
+        line for line in panels[0].lines if line.get_linestyle() == "-" and np.size(line.get_xdata()) > 10
+    ]
+    w, tau = curves[0].get_xdata(), curves[0].get_ydata()
+    assert w.min() > w_c and tau == pytest.approx(A / (w - w_c))
     saved(fig, tmp_path, "learning_times")
 
 
-def test_figures_render_a_single_depth_single_seed_all_censored_study(tmp_path):
-    study = synthetic_study(depths=(1,), widths=(8,), seeds=(0,), floor=0.0, scale=10.0)
-    assert np.isinf(study["tau"]).all()
-    loss, tau = figures.loss_curves(study), figures.learning_times(study)
-    assert [ax.get_title() for ax in tau.axes if ax.get_title()] == ["d = 1"]
-    assert CENSORED in [t.get_text() for t in tau.legends[0].get_texts()]
-    saved(loss, tmp_path, "loss_curves")
-    saved(tau, tmp_path, "learning_times")
+def test_inverse_learning_times_are_straight_lines_through_w_c(data, tmp_path):
+    study, fits = data
+    fig = figures.inverse_learning_times(study, fits)
+    panels = titled(fig)
+    assert panels[0].get_yscale() == "linear" and panels[0].get_ylabel() == INVERSE_TAU_LABEL
+    lines = [
+        line for line in panels[1].lines if line.get_linestyle() == "-" and np.size(line.get_xdata()) > 10
+    ]
+    starts = sorted(float(line.get_xdata()[0]) for line in lines)
+    assert starts == pytest.approx(
+        sorted(fits["w_c"].sel(depth=2).values[np.isfinite(fits["w_c"].sel(depth=2))])
+    )
+    assert all(line.get_ydata()[0] == pytest.approx(0) for line in lines)
+    assert any(t.startswith("w_c(ε) and its CI") for t in legend_texts(fig))
+    saved(fig, tmp_path, "inverse_learning_times")
 
 
-def test_figures_render_a_study_whose_only_run_diverged(tmp_path):
-    study = synthetic_study(depths=(2,), widths=(6,), seeds=(0,), diverged={(2, 6, 0)})
-    assert study["diverged"].all()
-    saved(figures.loss_curves(study), tmp_path, "loss_curves")
-    saved(figures.learning_times(study), tmp_path, "learning_times")
+def test_critical_widths_extrapolate_to_w_c_star_at_zero_eps(data, tmp_path):
+    study, fits = data
+    fig = figures.critical_widths(study, fits)
+    panels = titled(fig)
+    star = float(fits["w_c_star"].sel(depth=1))
+    assert panels[0].get_title().startswith(f"d = 1: w_c* = {star:.1f}")
+    [line] = [line for line in panels[0].lines if line.get_linestyle() == "--"]
+    assert line.get_xdata()[0] == 0 and line.get_ydata()[0] == pytest.approx(star)
+    assert {"w_c(ε), CI", "w_c* (ε → 0), CI", "w_c* + b ε"} <= set(legend_texts(fig))
+    saved(fig, tmp_path, "critical_widths")
+
+
+def test_phase_diagram_marks_every_grid_point_and_the_boundary(data, tmp_path):
+    study, fits = data
+    fig = figures.phase_diagram(study, fits)
+    [ax] = fig.axes
+    points = sum(line.get_xdata().size for line in ax.lines if line.get_marker() in ("o", "s", "D"))
+    assert points == fits.sizes["depth"] * fits.sizes["width"]
+    [boundary] = [line for line in ax.lines if line.get_marker() == "None" and line.get_xdata().size == 2]
+    np.testing.assert_allclose(boundary.get_xdata(), fits["w_c_star"].values)
+    assert ax.get_xlabel() == WIDTH_LABEL and ax.get_ylabel().startswith("depth")
+    saved(fig, tmp_path, "phase_diagram")
+
+
+def test_aging_examples_are_the_widths_nearest_fractions_of_w_c_star(data):
+    study, fits = data
+    star = float(fits["w_c_star"].sel(depth=2))  # about 7
+    assert [ex.width for ex in examples(study, fits)] == [
+        min(study["width"].values, key=lambda w, r=r: abs(w - r * star)) for r in (0.6, 1.0, 2.0)
+    ]
+
+
+def test_aging_figures_show_three_examples_and_the_collapse_numbers(data, tmp_path):
+    study, fits = data
+    msd, collapse = figures.aging_msd(study, fits), figures.aging_collapse(study, fits)
+    assert len(titled(msd)) == 3 and all(t.get_title().startswith("d = 2, w = ") for t in titled(msd))
+    assert all(ax.get_xscale() == "log" == ax.get_yscale() for ax in msd.axes)
+    assert "τ_w = 11" in legend_texts(msd)
+    assert len(collapse.axes) == 6
+    notes = [t.get_text() for ax in collapse.axes for t in ax.texts]
+    assert (
+        sum(n.startswith("S(τ/τ_w) = ") for n in notes) == 3 and sum(n.startswith("μ = ") for n in notes) == 3
+    )
+    assert collapse.axes[0].get_xlabel() == "τ/τ_w" and collapse.axes[3].get_xlabel().startswith("τ/τ_w^μ")
+    saved(msd, tmp_path, "aging_msd")
+    saved(collapse, tmp_path, "aging_collapse")
+
+
+def test_sgd_floor_marks_t_star_on_each_over_parametrized_run(data, tmp_path):
+    study, fits = data
+    fig = figures.sgd_floor(study, fits)
+    panels = titled(fig)
+    over = fits["phase"] == OVER
+    for ax, depth in zip(panels, fits["depth"].values, strict=True):
+        stars = [line for line in ax.lines if line.get_marker() == "D"]
+        assert len(stars) == int(
+            np.isfinite(fits["t_star"].sel(depth=depth).where(over.sel(depth=depth))).sum()
+        )
+    assert panels[1].patches  # the shaded t > t* band
+    assert "t > t*: aging collapse expected to fail" in legend_texts(fig)
+    saved(fig, tmp_path, "sgd_floor")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"depths": (1,), "widths": (8,), "seeds": (0,), "floor": 0.0, "scale": 10.0},  # all censored, no fits
+        {"depths": (2,), "widths": (6,), "seeds": (0,), "diverged": {(2, 6, 0)}},  # the only run diverged
+    ],
+    ids=["single-run-censored", "single-run-diverged"],
+)
+def test_every_figure_renders_a_degenerate_study(kwargs, tmp_path):
+    study, fits = study_and_fits(**kwargs)
+    assert np.isnan(fits["w_c"]).all()
+    for name, draw in figures.FIGURES.items():
+        saved(draw(study, fits), tmp_path, name)
+    assert CENSORED in legend_texts(figures.learning_times(study, fits))

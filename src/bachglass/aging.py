@@ -158,6 +158,10 @@ def collapse(
     )
     ds["mu_pair"] = (("depth", "width", "tau_w_pair"), values[..., 8:])
     ds = ds.assign_coords(tau_w_pair=tau_w[:-1].astype(np.int64))
+    ds["tau_w_pair"].attrs = {
+        "long_name": "smaller waiting time of a pair of adjacent ones",
+        "units": "SGD steps",
+    }
     for name, (long_name, units) in AGING_VARS.items():
         ds[name].attrs = {"long_name": long_name, "units": units}
     ds["mu_pair"].attrs = {

@@ -43,7 +43,9 @@ def _linear_censored(
 
     sigma(1/τ) = rel_err/τ: τ is known to one checkpoint interval of a log grid. A censored point (τ =
     +inf: not reached by t_max) says only 1/τ < 1/t_max; it adds a residual only when the line
-    predicts a learning time shorter than the run (a Tobit-like hinge). Returns (w_c, s).
+    predicts a learning time shorter than the run (a Tobit-like hinge), measured relative to the
+    prediction like the reached points' errors: one seed stuck on a plateau then weighs like one
+    outlier (at most 1/rel_err), instead of overruling every reached run. Returns (w_c, s).
     """
     done = np.isfinite(tau)
     y, sig = 1.0 / tau[done], rel_err / tau[done]
@@ -59,7 +61,8 @@ def _linear_censored(
 
     def residual(p: np.ndarray) -> np.ndarray:
         on = (p[1] * (w[done] - p[0]) - y) / sig
-        off = np.maximum(p[1] * (cens_w - p[0]) - y_c, 0.0) / (rel_err * y_c)
+        pred = p[1] * (cens_w - p[0])
+        off = np.where(pred > y_c, (pred - y_c) / (rel_err * np.maximum(pred, y_c)), 0.0)
         return np.concatenate([on, off])
 
     fit = least_squares(residual, [w_c, s], bounds=([-np.inf, 1e-15], [np.inf, np.inf]), x_scale="jac")
@@ -173,11 +176,18 @@ def _quantiles(boot: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.nda
     return lo, hi
 
 
-def _bootstrap_seeds(tau: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """τ with seeds resampled with replacement, independently for each (depth, width)."""
+def _bootstrap_seeds(tau: np.ndarray, rng: np.random.Generator, per_decade: float) -> np.ndarray:
+    """τ with seeds resampled with replacement per (depth, width), and placed inside its grid interval.
+
+    A learning time is the first checkpoint past the threshold: the crossing lies anywhere in the
+    log interval before it (1/``per_decade`` decade). Drawing it there (log-uniform) puts the
+    checkpoint-grid resolution into the interval; seeds that crossed at the same checkpoint would
+    otherwise give a zero-width interval. (The point fit uses the log-middle of the interval.)
+    """
     n_depth, n_width, n_seed, _ = tau.shape
     pick = rng.integers(0, n_seed, size=(n_depth, n_width, n_seed))
-    return np.take_along_axis(tau, pick[..., None], axis=2)
+    resampled = np.take_along_axis(tau, pick[..., None], axis=2)
+    return resampled * 10 ** (-rng.random(resampled.shape) / per_decade)
 
 
 CRITICAL_VARS = {
@@ -194,16 +204,19 @@ def critical(study: xr.Dataset, eps_valid: xr.DataArray, config: FitsConfig) -> 
     replicas are kept (``*_boot``) so that differences (w_c at two ε, w_c* at two depths) get
     their own CIs downstream.
     """
-    tau = study["tau"].transpose("depth", "width", "seed", "eps")
-    tau = tau.where(eps_valid).values  # NaN: not fitted
+    diverged = study["diverged"].astype(bool) if "diverged" in study else False
+    tau = study["tau"].where(~diverged)  # a diverged run is left out, not censored
+    tau = tau.transpose("depth", "width", "seed", "eps").where(eps_valid).values  # NaN: not fitted
     widths, eps = study["width"].values.astype(np.float64), study["eps"].values
     t_max = float(study["step"].values[-1])
     rel_err = 10 ** (1 / float(study.attrs["checkpoints_per_decade"])) - 1
-    point = _critical_all(widths, tau, eps, t_max, rel_err, config)
+    per_decade = float(study.attrs["checkpoints_per_decade"])
+    # the crossing lies in the grid interval before the checkpoint τ: its log-middle for the point fit
+    point = _critical_all(widths, tau * 10 ** (-0.5 / per_decade), eps, t_max, rel_err, config)
     rng = np.random.default_rng(config.seed)
     boot = np.stack(
         [
-            _critical_all(widths, _bootstrap_seeds(tau, rng), eps, t_max, rel_err, config)
+            _critical_all(widths, _bootstrap_seeds(tau, rng, per_decade), eps, t_max, rel_err, config)
             for _ in range(config.n_boot)
         ]
     )
@@ -214,12 +227,25 @@ def critical(study: xr.Dataset, eps_valid: xr.DataArray, config: FitsConfig) -> 
         ds[name] = (dims, point[..., i])
         ds[f"{name}_boot"] = (("boot", *dims), boot[..., i])
         lo, hi = _quantiles(boot[..., i], q)
-        ds[f"{name}_lo"], ds[f"{name}_hi"] = (dims, lo), (dims, hi)
+        no_fit = ~np.isfinite(point[..., i])  # no interval around a fit the data do not give
+        ds[f"{name}_lo"], ds[f"{name}_hi"] = (
+            (dims, np.where(no_fit, np.nan, lo)),
+            (dims, np.where(no_fit, np.nan, hi)),
+        )
     ds["r2"] = (dims, point[..., 3])
+    ds["fit_fraction"] = (dims, np.isfinite(boot[..., 0]).mean(axis=0))
     ds["n_widths"] = (dims, np.nan_to_num(point[..., 4]).astype(np.int64))
     ds["w_c_star"] = ("depth", point[:, 0, 5])
     ds["w_c_star_slope"] = ("depth", point[:, 0, 6])
     ds["w_c_star_boot"] = (("boot", "depth"), boot[:, :, 0, 5])
     lo, hi = _quantiles(boot[:, :, 0, 5], q)
-    ds["w_c_star_lo"], ds["w_c_star_hi"] = ("depth", lo), ("depth", hi)
+    no_fit = ~np.isfinite(point[:, 0, 5])
+    ds["w_c_star_lo"], ds["w_c_star_hi"] = (
+        ("depth", np.where(no_fit, np.nan, lo)),
+        ("depth", np.where(no_fit, np.nan, hi)),
+    )
+    for name, (long_name, units) in CRITICAL_VARS.items():
+        ds[name].attrs = {"long_name": long_name, "units": units}
+        for suffix, what in (("_lo", "lower bound of"), ("_hi", "upper bound of"), ("_boot", "replicas of")):
+            ds[name + suffix].attrs = {"long_name": f"seed-bootstrap {what} {name}", "units": units}
     return ds.assign_coords(boot=np.arange(config.n_boot))

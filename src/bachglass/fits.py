@@ -7,12 +7,12 @@ this module fits each run's loss and classifies each (depth, width); the critica
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import xarray as xr
 from scipy.optimize import least_squares
-from scipy.stats import norm
+from scipy.stats import f as f_dist
 
 from bachglass.aging import collapse
 from bachglass.critical import critical
@@ -41,20 +41,27 @@ class FitsConfig:
     seed: int
 
 
-def fit_power_law(step: np.ndarray, loss: np.ndarray, start: float) -> np.ndarray:
+def fit_power_law(
+    step: np.ndarray, loss: np.ndarray, start: float, level: float = 0.95, floor: float = 0.0
+) -> np.ndarray:
     """Fit L(t) = L_inf + B (t/t_end)^-alpha to ``loss`` at ``step >= start``, in log L.
 
     Returns [L_inf, B, alpha, sigma(L_inf), sigma(B), sigma(alpha), rms of ln-residuals] (NaN when
-    fewer than 6 finite points). B is the amplitude at the end of the window, t_end, which decouples it from
-    alpha (B t^-alpha of the paper has B_paper = B t_end^alpha). Least squares in log L because the
-    loss spans decades. L_inf lies in [0, min L]: a floor above the data is no floor. sigma are the
-    curve-fit standard errors; late-time residuals are correlated, so the window sensitivity and the
-    seed scatter are the honest error measures and are reported beside them. Several starts
-    (alpha 0.1 … 2, L_inf 0 … 0.9 min L) guard against the shallow valleys of this model.
+    fewer than 6 finite points). B is the amplitude at the end of the window, t_end, which decouples
+    it from alpha (B t^-alpha of the paper has B_paper = B t_end^alpha). Least squares in log L
+    because the loss spans decades. L_inf lies in [floor, min L]: no loss goes below the data floor
+    (the perfect memoriser), and a floor above the data is no floor.
+    Several starts (alpha 0.1 ... 2, L_inf 0 ... 0.9 min L) guard against the shallow valleys of this
+    model. On a plateau L_inf and B are degenerate (alpha -> 0 makes them one constant), so the
+    constant L = L_inf is fitted too and kept unless the power law is better by an F-test at
+    ``level``: a flat loss then has its plateau as L_inf, not an arbitrary split. sigma are curve-fit
+    standard errors (inf where the fit cannot tell a parameter); late residuals are correlated, so
+    the window sensitivity and the seed scatter are reported beside them.
     """
     keep = (step >= start) & np.isfinite(loss) & (loss > 0)
     out = np.full(7, np.nan)
-    if keep.sum() < 6:
+    n = int(keep.sum())
+    if n < 6:
         return out
     t, y = step[keep].astype(np.float64), loss[keep].astype(np.float64)
     x, ln_y, floor_max = t / t[-1], np.log(y), float(y.min())
@@ -62,32 +69,45 @@ def fit_power_law(step: np.ndarray, loss: np.ndarray, start: float) -> np.ndarra
     def residual(p: np.ndarray) -> np.ndarray:
         return np.log(p[0] + p[1] * x ** -p[2]) - ln_y
 
-    lower, upper = [0.0, 1e-12, 0.0], [floor_max, np.inf, 10.0]
+    if floor >= floor_max:  # the loss reached the data floor: L_inf is the floor itself
+        floor = 0.999999 * floor_max
+    lower, upper = [floor, 1e-12, 0.0], [floor_max, np.inf, 10.0]
     best = None
     for alpha0 in (0.1, 0.5, 2.0):
         for frac in (0.0, 0.5, 0.9):
-            p0 = [frac * floor_max, max(y[-1] - frac * floor_max, 1e-9), alpha0]
+            start_inf = floor + frac * (floor_max - floor)
+            p0 = [start_inf, max(y[-1] - start_inf, 1e-9), alpha0]
             fit = least_squares(residual, p0, bounds=(lower, upper), x_scale="jac")
             if best is None or fit.cost < best.cost:
                 best = fit
-    dof = max(keep.sum() - 3, 1)
+    rss_pl, rss_const = 2 * best.cost, float(np.sum((ln_y - ln_y.mean()) ** 2))
+    f_stat = (rss_const - rss_pl) / 2 / max(rss_pl / (n - 3), 1e-300)
+    if f_dist.sf(f_stat, 2, n - 3) > 1 - level:  # the decay is not significant: a plateau
+        out[:6] = np.exp(ln_y.mean()), 0.0, 0.0, np.exp(ln_y.mean()) * ln_y.std(ddof=1) / np.sqrt(n), 0.0, 0.0
+        out[6] = np.sqrt(rss_const / n)
+        return out
+    jtj = best.jac.T @ best.jac
     with np.errstate(invalid="ignore", divide="ignore"):
-        cov = np.linalg.pinv(best.jac.T @ best.jac) * (2 * best.cost / dof)
+        cov = (
+            np.linalg.inv(jtj) * (rss_pl / (n - 3)) if np.linalg.cond(jtj) < 1e12 else np.full((3, 3), np.inf)
+        )
     out[:3], out[3:6] = best.x, np.sqrt(np.clip(np.diag(cov), 0, None))
-    out[6] = np.sqrt(2 * best.cost / keep.sum())
+    out[6] = np.sqrt(rss_pl / n)
     return out
 
 
 POWER_LAW_VARS = ("L_inf", "B", "alpha", "L_inf_err", "B_err", "alpha_err", "fit_rms")
 
 
-def power_laws(loss: xr.DataArray, starts: Sequence[int]) -> xr.Dataset:
+def power_laws(
+    loss: xr.DataArray, starts: Sequence[int], level: float = 0.95, floor: float = 0.0
+) -> xr.Dataset:
     """Power-law fits of every run's (smoothed) loss, for each window start: dims (..., window)."""
     step = loss["step"].values
 
     def fit_all(values: np.ndarray) -> np.ndarray:  # (..., time) -> (..., window, 7)
         flat = values.reshape(-1, values.shape[-1])
-        fits = [[fit_power_law(step, run, s) for s in starts] for run in flat]
+        fits = [[fit_power_law(step, run, s, level, floor) for s in starts] for run in flat]
         return np.asarray(fits).reshape(*values.shape[:-1], len(starts), 7)
 
     fits = xr.apply_ufunc(
@@ -111,25 +131,23 @@ def sgd_floor(L_inf: xr.DataArray) -> xr.DataArray:
     return L_inf.isel(width=-1).median("seed")
 
 
-def classify(
-    fit: xr.Dataset, floor_ref: xr.DataArray, factor: float, z: float
-) -> tuple[xr.DataArray, xr.DataArray]:
+def classify(fit: xr.Dataset, floor_ref: xr.DataArray, factor: float) -> xr.DataArray:
     """Phase of each (depth, width): under-parametrized, over-parametrized or undetermined.
 
-    Under: in every seed and every fit window, L_inf - z sigma lies above ``factor`` x the floor
-    (max of data floor and SGD floor): clearly above both. Over: in every seed and window L_inf
-    - z sigma lies at or below it. Otherwise (seeds or windows disagree) undetermined. Diverged runs
-    (NaN) are left out; a width with no valid run is undetermined.
+    With the level ``factor`` x floor (max of data floor and SGD floor): under when L_inf lies
+    above it in every seed and every fit window (clearly above both floors), over when it lies at or
+    below it in every seed and window, otherwise undetermined. The spread over seeds and windows is
+    the uncertainty here, not the curve-fit sigma: late residuals are correlated and L_inf often
+    sits on its bound (the data floor), where a covariance says little. Diverged runs (NaN) are
+    left out; a width with no valid run is undetermined.
     """
-    lower = fit["L_inf"] - z * fit["L_inf_err"]
-    valid = lower.notnull()
-    above = (lower > factor * floor_ref) | ~valid
-    below = (lower <= factor * floor_ref) | ~valid
+    level = factor * floor_ref
+    valid = fit["L_inf"].notnull()
+    under = ((fit["L_inf"] > level) | ~valid).all(("seed", "window"))
+    over = ((fit["L_inf"] <= level) | ~valid).all(("seed", "window"))
     any_valid = valid.any(("seed", "window"))
-    under = above.all(("seed", "window")) & any_valid
-    over = below.all(("seed", "window")) & any_valid
-    phase = xr.where(under, UNDER, xr.where(over, OVER, UNDETERMINED)).astype(np.int8)
-    return phase.rename("phase"), lower.isel(window=0, drop=True).rename("L_inf_lower")
+    phase = xr.where(under & any_valid, UNDER, xr.where(over & any_valid, OVER, UNDETERMINED))
+    return phase.astype(np.int8).rename("phase")
 
 
 def crossing_time(smooth: xr.DataArray, level: xr.DataArray) -> xr.DataArray:
@@ -156,7 +174,6 @@ ATTRS = {  # name: (long_name, units)
     "alpha_windows": ("alpha for each fit window", "1"),
     "L_inf_windows": ("L_inf for each fit window", NATS),
     "alpha_window_spread": ("max - min of alpha over the fit windows", "1"),
-    "L_inf_lower": ("L_inf minus z standard errors (reported window)", NATS),
     "sgd_floor": ("loss floor of the widest nets: median fitted L_inf", NATS),
     "floor_ref": ("max(data floor, SGD floor)", NATS),
     "phase": ("phase from L_inf: 1 under-, 0 over-parametrized, -1 undetermined", "1"),
@@ -167,6 +184,7 @@ ATTRS = {  # name: (long_name, units)
     "eps_valid": ("eps far enough above the floors for a learning time", "1"),
     "r2": ("R^2 of the linear fit of 1/tau in w (reached runs)", "1"),
     "n_widths": ("widths that reached eps used in the critical fit", "1"),
+    "fit_fraction": ("fraction of bootstrap replicas with a critical fit", "1"),
     "w_c_star": ("interpolation transition: w_c extrapolated to eps -> 0", "1"),
     "w_c_star_lo": ("lower bound of the seed-bootstrap interval of w_c_star", "1"),
     "w_c_star_hi": ("upper bound of the seed-bootstrap interval of w_c_star", "1"),
@@ -189,14 +207,13 @@ def fit_study(
     """
     diverged = study["diverged"].astype(bool)
     smooth = smoothed_loss(study["loss"].where(~diverged), smoothing_decades)
-    windows = power_laws(smooth, config.window_start)
-    reported = windows.isel(window=0, drop=True)
     data_floor = float(study.attrs["data_floor"])
+    windows = power_laws(smooth, config.window_start, config.ci, data_floor)
+    reported = windows.isel(window=0, drop=True)
     sgd = sgd_floor(reported["L_inf"])
-    floor_ref = np.maximum(sgd, data_floor)
-    z = float(norm.ppf((1 + config.ci) / 2))
-    phase, lower = classify(windows, floor_ref, config.floor_factor, z)
-    eps_valid = data_floor + study["eps"] >= config.floor_factor * floor_ref
+    floor_ref = np.fmax(sgd, data_floor)  # NaN SGD floor (widest nets all diverged): the data floor
+    phase = classify(windows, floor_ref, config.floor_factor)
+    eps_valid = (data_floor + study["eps"] >= config.floor_factor * floor_ref).transpose("depth", "eps")
     widths = study["width"].astype(np.float64)
     ds = xr.Dataset(
         {
@@ -204,7 +221,6 @@ def fit_study(
             "alpha_windows": windows["alpha"],
             "L_inf_windows": windows["L_inf"],
             "alpha_window_spread": windows["alpha"].max("window") - windows["alpha"].min("window"),
-            "L_inf_lower": lower,
             "sgd_floor": sgd,
             "floor_ref": floor_ref,
             "phase": phase,
@@ -229,7 +245,8 @@ def fit_study(
         "flag_values": [OVER, UNDER, UNDETERMINED],
         "flag_meanings": "over under undetermined",
     }
-    ds.attrs = {"data_floor": data_floor, "ci": config.ci, "z": z, "smoothing_decades": smoothing_decades}
+    ds.attrs = {"data_floor": data_floor, "smoothing_decades": smoothing_decades}
+    ds.attrs |= {k: v for k, v in asdict(config).items() if k != "window_start"}  # the fits' settings
     ds.attrs |= {k: study.attrs[k] for k in ("lr", "batch_size", "clip_norm", "steps") if k in study.attrs}
     return ds
 
@@ -244,9 +261,9 @@ def fit_aging_subset(
     """
     diverged = aging["diverged"].astype(bool)
     smooth = smoothed_loss(aging["loss"].where(~diverged), smoothing_decades)
-    windows = power_laws(smooth, config.window_start)
+    windows = power_laws(smooth, config.window_start, config.ci, float(aging.attrs["data_floor"]))
     floor_ref = floor_ref.fillna(float(aging.attrs["data_floor"]))
-    phase, _ = classify(windows, floor_ref, config.floor_factor, float(norm.ppf((1 + config.ci) / 2)))
+    phase = classify(windows, floor_ref, config.floor_factor)
     reported = windows.isel(window=0, drop=True)
     ds = xr.Dataset(
         {
@@ -258,6 +275,11 @@ def fit_aging_subset(
         }
     )
     ds = xr.merge([ds, collapse_aging(aging, config)])
+    for name in ds.data_vars:
+        if name in ATTRS:
+            long_name, units = ATTRS[name]
+            ds[name].attrs = {"long_name": f"{long_name} (aging subset)", "units": units}
+    ds["steps"].attrs = {"long_name": "SGD steps of each aging-subset run", "units": "SGD steps"}
     dims = {d: f"aging_{d}" for d in ("depth", "width", "seed", "tau_w_pair")}
     return ds.rename({**{v: f"aging_{v}" for v in ds.data_vars}, **dims})
 

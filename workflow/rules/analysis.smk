@@ -42,7 +42,7 @@ rule plot_figures:
     input:
         study=upstream(rules.combine_study.output.study),
         fits=upstream(rules.fit_study.output.fits),
-        code=code("figures", "figures_transition", "figures_aging"),
+        code=code(*FIGURE_MODULES, "fits"),
     output:
         figures=figure_files(),
     log:

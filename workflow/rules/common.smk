@@ -26,6 +26,7 @@ DATA = "results/data"
 FIGURES = "results/figures"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
+FIGURE_MODULES = ["figures", "figures_layout", "figures_loss", "figures_transition", "figures_aging"]
 FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
     "loss_curves",
     "power_laws",

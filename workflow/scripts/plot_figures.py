@@ -1,4 +1,4 @@
-"""Draw the first figures from the combined study (rule plot_figures)."""
+"""Draw the figure set from the combined study and its fits (rule plot_figures)."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,11 +13,11 @@ if TYPE_CHECKING:
 def main() -> None:
     """Render each figure of `figures.FIGURES` and save it in every requested format."""
     study = io.read_netcdf(snakemake.input.study)
+    fits = io.read_netcdf(snakemake.input.fits)
     params = snakemake.params.figures
     outdir = Path(snakemake.output.figures[0]).parent
     for name, draw in figures.FIGURES.items():
-        stem = outdir / name
-        io.save_figure(draw(study), stem, params["formats"], params["dpi"])
+        io.save_figure(draw(study, fits), outdir / name, params["formats"], params["dpi"])
 
 
 if __name__ == "__main__":

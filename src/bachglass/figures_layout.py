@@ -1,0 +1,132 @@
+"""The common look of the figure set: axis labels with units, panels per depth, colours and phases.
+
+Every figure module draws with these, so that a width, a threshold ε or a phase has the same colour
+or marker in every figure, and an axis that means the same thing has the same label.
+"""
+
+import warnings
+
+import numpy as np
+import xarray as xr
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import BoundaryNorm, Colormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from bachglass.fits import OVER, UNDER, UNDETERMINED
+
+LOSS_LABEL = "training loss (nats/note)"
+STEPS_LABEL = "SGD steps"
+WIDTH_LABEL = "width w (hidden units per layer)"
+DEPTH_LABEL = "depth d (layers)"
+TAU_LABEL = "learning time τ (SGD steps)"
+INVERSE_TAU_LABEL = "1/τ (per SGD step)"
+EPS_LABEL = "threshold ε (nats/note)"
+W_C_LABEL = "critical width w_c (hidden units)"
+MSD_LABEL = "Δ(τ_w, τ): mean-square weight change per parameter"
+LAG_LABEL = "lag τ (SGD steps)"
+CENSORED = "not reached (censored)"
+MARKERS = ("o", "s", "D", "v", "P", "X", "*", "h")
+DIVERGED = Line2D([], [], color="0.3", marker="x", ls="none", label="diverged")
+FLOOR_FACTOR = 2.0  # fits.attrs["floor_factor"] when the fits carry it (params.yaml fits.floor_factor)
+
+# Phase from L_inf (fits.phase) as marker shape and fill, so that colour stays free for the depth:
+# filled = a plateau above the floors, open = reaches them, half = seeds or fit windows disagree.
+PHASES = {
+    UNDER: {"marker": "o", "fillstyle": "full", "label": "under-parametrized (L_inf above floor)"},
+    OVER: {"marker": "s", "fillstyle": "none", "label": "over-parametrized (L_inf at floor)"},
+    UNDETERMINED: {"marker": "D", "fillstyle": "bottom", "label": "undetermined (seeds/windows disagree)"},
+}
+PHASE_COLOURS = {UNDER: "C3", OVER: "C0", UNDETERMINED: "0.45"}
+
+
+def panels(
+    n: int,
+    rows: int = 1,
+    sharex: bool | str = True,
+    sharey: bool | str = True,
+    height: float = 3.4,
+    width: float = 3.2,
+) -> tuple[Figure, np.ndarray]:
+    """Make a grid of ``rows`` x ``n`` panels (one column per depth or example), sharing axes."""
+    fig = Figure(figsize=(1.2 + width * n, height * rows), layout="constrained")
+    axes = fig.subplots(rows, n, sharex=sharex, sharey=sharey, squeeze=False)
+    return fig, axes
+
+
+def nanmedian(values: np.ndarray, axis: int) -> np.ndarray:
+    """Median over seeds ignoring NaN (diverged runs); all-NaN gives NaN without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=axis)
+
+
+def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean ignoring NaN; all-NaN gives NaN without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def diverged(study: xr.Dataset) -> xr.DataArray:
+    """Per-run divergence flag; all False when the study does not carry one."""
+    if "diverged" in study:
+        return study["diverged"].astype(bool)
+    return xr.zeros_like(study["n_parameters"], dtype=bool)
+
+
+def floor_factor(fits: xr.Dataset) -> float:
+    """Return the factor that defines "at the floor" (t*, phases): the fits' attribute, else 2."""
+    return float(fits.attrs.get("floor_factor", FLOOR_FACTOR))
+
+
+def width_colours(widths: np.ndarray) -> Colormap:
+    """One colour per width, by rank: the grid is log-ish spaced, so rank spreads the colours evenly."""
+    return colormaps["viridis"].resampled(widths.size)
+
+
+def width_colourbar(fig: Figure, axes: np.ndarray, widths: np.ndarray) -> None:
+    """Add a discrete colour bar naming each width."""
+    norm = BoundaryNorm(np.arange(widths.size + 1) - 0.5, widths.size)
+    bar = fig.colorbar(ScalarMappable(norm, width_colours(widths)), ax=axes, ticks=np.arange(widths.size))
+    bar.ax.set_yticklabels([str(w) for w in widths])
+    bar.set_label(WIDTH_LABEL)
+
+
+def eps_colours(n: int) -> Colormap:
+    """One colour per threshold ε; +1 skips plasma's pale yellow end."""
+    return colormaps["plasma"].resampled(n + 1)
+
+
+def depth_colour(i: int) -> str:
+    """Return the colour of the i-th depth in figures that overlay depths."""
+    return f"C{i}"
+
+
+def eps_handles(eps: np.ndarray) -> list[Line2D]:
+    """Legend entries, one colour and marker per threshold ε."""
+    cmap = eps_colours(eps.size)
+    return [
+        Line2D([], [], color=cmap(k), marker=MARKERS[k % len(MARKERS)], label=f"ε = {e:g}")
+        for k, e in enumerate(eps)
+    ]
+
+
+def phase_handles(coloured: bool = False) -> list[Line2D]:
+    """Legend entries of the three phase markers, in black or in their phase colours."""
+    return [
+        Line2D([], [], ls="none", ms=7, color=PHASE_COLOURS[phase] if coloured else "0.15", **style)
+        for phase, style in PHASES.items()
+    ]
+
+
+def edge(ax: Axes, x: np.ndarray, height: float, **style: object) -> None:
+    """Markers at a fixed height in axes fraction (top or bottom edge), at data x."""
+    ax.plot(x, np.full(np.size(x), height), transform=ax.get_xaxis_transform(), ls="none", ms=6, **style)
+
+
+def finite(*values: float) -> bool:
+    """Whether every value is a finite number (a fit that exists)."""
+    return bool(np.all(np.isfinite(values)))
