@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from bachglass.fits import OVER, UNDER
+from bachglass.fits import OVER, UNDER, aging_view
 
 POWER_LAW_RMS = 0.05  # ln-units: the power law follows the late loss to within ~5 %
 POWER_LAW_SHARE = 0.75  # ... in at least 3/4 of the (non-diverged) runs
@@ -160,10 +160,9 @@ AGING_VARS = ("mu", "mu_lo", "mu_hi", "S_simple", "S_mu", "S_short", "S_long", "
 
 def aging_table(fits: xr.Dataset) -> tuple[xr.Dataset, str]:
     """Pick the aging metrics to judge: the aging subset's longer runs if any, else the grid's."""
-    if fits.sizes.get("aging_width", 0) and fits.sizes.get("aging_depth", 0):
-        table = fits[[f"aging_{v}" for v in AGING_VARS]].rename({f"aging_{v}": v for v in AGING_VARS})
-        table = table.rename({"aging_depth": "depth", "aging_width": "width", "aging_seed": "seed"})
-        return table, f"aging subset, {int(fits['aging_steps'])} steps"
+    view = aging_view(fits)
+    if view is not None:
+        return view[list(AGING_VARS)], f"aging subset, {int(view['steps'])} steps"
     return fits[list(AGING_VARS)], f"grid, {fits.attrs.get('steps', '?')} steps"
 
 

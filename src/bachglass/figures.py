@@ -7,7 +7,7 @@ Saving is ``io.save_figure``'s job. The drawing lives in one module per subject:
 (:mod:`bachglass.figures_aging`); their shared labels and styles in :mod:`bachglass.figures_layout`.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import xarray as xr
 from matplotlib.figure import Figure
@@ -20,6 +20,7 @@ from bachglass.figures_transition import (
     learning_times,
     phase_diagram,
 )
+from bachglass.fits import aging_view
 
 # The figure set drawn by the plot_figures rule, in paper-spec 1.8 order: file stem -> drawing function.
 FIGURES: dict[str, Callable[[xr.Dataset, xr.Dataset], Figure]] = {
@@ -33,3 +34,16 @@ FIGURES: dict[str, Callable[[xr.Dataset, xr.Dataset], Figure]] = {
     "aging_collapse": aging_collapse,
     "sgd_floor": sgd_floor,
 }
+AGING_FIGURES = ("aging_msd", "aging_collapse")
+
+
+def draw_all(
+    study: xr.Dataset, fits: xr.Dataset, aging: xr.Dataset | None = None
+) -> Iterator[tuple[str, Figure]]:
+    """Draw every figure of ``FIGURES``; the aging ones from the aging subset's longer runs if any."""
+    view = aging_view(fits) if aging is not None else None
+    for name, draw in FIGURES.items():
+        if name in AGING_FIGURES and view is not None:
+            yield name, draw(aging, view)
+        else:
+            yield name, draw(study, fits)

@@ -284,6 +284,22 @@ def fit_aging_subset(
     return ds.rename({**{v: f"aging_{v}" for v in ds.data_vars}, **dims})
 
 
+def aging_view(fits: xr.Dataset) -> xr.Dataset | None:
+    """Rename the aging subset's fits to the grid's names (depth, width, mu, ...); None without one.
+
+    The grid's transition (w_c*, the phase boundary, the floors) is added for the subset's depths,
+    so that code written for the grid's fits reads the subset's unchanged.
+    """
+    if not fits.sizes.get("aging_width", 0) or not fits.sizes.get("aging_depth", 0):
+        return None
+    names = [str(v) for v in fits.data_vars if str(v).startswith("aging_")]
+    view = fits[names].rename({v: v.removeprefix("aging_") for v in names})
+    view = view.rename({d: d.removeprefix("aging_") for d in view.dims if d.startswith("aging_")})
+    grid = ("w_c_star", "w_c_star_lo", "w_c_star_hi", "w_under_max", "w_over_min", "sgd_floor", "floor_ref")
+    main = fits[list(grid)].reindex(depth=view["depth"].values)
+    return xr.merge([view, main]).assign_attrs(fits.attrs)
+
+
 def collapse_aging(study: xr.Dataset, config: FitsConfig) -> xr.Dataset:
     """Compute the aging collapse metrics of :func:`bachglass.aging.collapse` with this config."""
     return collapse(

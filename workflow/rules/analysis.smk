@@ -42,6 +42,7 @@ rule plot_figures:
     input:
         study=upstream(rules.combine_study.output.study),
         fits=upstream(rules.fit_study.output.fits),
+        aging=upstream(aging_study()),
         code=code(*FIGURE_MODULES, "fits"),
     output:
         figures=figure_files(),

@@ -14,10 +14,11 @@ def main() -> None:
     """Render each figure of `figures.FIGURES` and save it in every requested format."""
     study = io.read_netcdf(snakemake.input.study)
     fits = io.read_netcdf(snakemake.input.fits)
+    aging = io.read_netcdf(snakemake.input.aging[0]) if snakemake.input.aging else None
     params = snakemake.params.figures
     outdir = Path(snakemake.output.figures[0]).parent
-    for name, draw in figures.FIGURES.items():
-        io.save_figure(draw(study, fits), outdir / name, params["formats"], params["dpi"])
+    for name, fig in figures.draw_all(study, fits, aging):
+        io.save_figure(fig, outdir / name, params["formats"], params["dpi"])
 
 
 if __name__ == "__main__":
