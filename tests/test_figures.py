@@ -72,8 +72,13 @@ def synthetic_study(
 
 
 def study_and_fits(**kwargs):
-    logging.getLogger("bachglass").setLevel(logging.ERROR)  # tau_w snapped to the coarse test grid
-    study = synthetic_study(**kwargs)
+    logger = logging.getLogger("bachglass")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # tau_w snapped to the coarse test grid; restored for other tests
+    try:
+        study = synthetic_study(**kwargs)
+    finally:
+        logger.setLevel(level)
     return study, fit_study(study, FITS, CONFIG.smoothing_decades)
 
 
