@@ -38,7 +38,8 @@ def run_one(job: tuple[dict, int, int, int, float]) -> Path:
 
 def learning_times(paths: list[Path], params: dict) -> xr.Dataset:
     """τ(ε) (+inf never, NaN diverged) and the overall clipped fraction of each run, on the grid."""
-    runs = xr.combine_by_coords([io.read_netcdf(p) for p in paths], combine_attrs="drop_conflicts")
+    runs = [io.read_netcdf(p).drop_dims("param", errors="ignore") for p in paths]  # no θ needed
+    runs = xr.combine_by_coords(runs, combine_attrs="drop_conflicts")
     alive = runs["loss"].notnull()
     smooth = observables.smoothed_loss(runs["loss"].where(alive), params["observables"]["smoothing_decades"])
     tau = observables.learning_time(smooth, float(runs.attrs["data_floor"]), params["observables"]["eps"])
