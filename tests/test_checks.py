@@ -1,0 +1,106 @@
+"""The science checker: each check can print PASS and FAIL, judged on hand-made fits."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from bachglass import checks
+from bachglass.fits import OVER, UNDER, UNDETERMINED
+
+DEPTHS, WIDTHS, SEEDS, EPS = [1, 2, 3], [4, 8, 12, 16, 24], [0, 1, 2], [0.3, 0.1, 0.05]
+N_BOOT = 50
+
+
+def fits(**overrides: object) -> xr.Dataset:
+    """A fits.nc that shows every claim of the paper; ``overrides`` replace variables by value."""
+    rng = np.random.default_rng(0)
+    run, net, crit = ("depth", "width", "seed"), ("depth", "width"), ("depth", "eps")
+    coords = {"depth": DEPTHS, "width": WIDTHS, "seed": SEEDS, "eps": EPS, "boot": np.arange(N_BOOT)}
+    shape = (len(DEPTHS), len(WIDTHS), len(SEEDS))
+    w_c = np.array([[14.0, 15.0, 16.0], [12.0, 13.0, 14.0], [10.0, 11.0, 12.0]])  # rises as eps falls
+    w_c_boot = w_c + rng.normal(0, 0.2, (N_BOOT, *w_c.shape))
+    star = np.array([17.0, 15.0, 13.0])
+    phase = np.array([[UNDER, UNDER, UNDETERMINED, OVER, OVER]] * 3)
+    ds = xr.Dataset(
+        {
+            "fit_rms": (run, np.full(shape, 0.01)),
+            "alpha": (run, np.broadcast_to(np.linspace(0.3, 2.0, len(WIDTHS))[:, None], shape).copy()),
+            "alpha_err": (run, np.full(shape, 0.02)),
+            "alpha_window_spread": (run, np.full(shape, 0.05)),
+            "diverged": (run, np.zeros(shape, bool)),
+            "phase": (net, phase),
+            "w_under_max": ("depth", [8.0] * 3),
+            "w_over_min": ("depth", [16.0] * 3),
+            "sgd_floor": ("depth", [0.006] * 3),
+            "floor_ref": ("depth", [0.006] * 3),
+            "w_c": (crit, w_c),
+            "w_c_boot": (("boot", *crit), w_c_boot),
+            "r2": (crit, np.full(w_c.shape, 0.99)),
+            "nu": (crit, np.full(w_c.shape, 1.0)),
+            "nu_lo": (crit, np.full(w_c.shape, 0.8)),
+            "nu_hi": (crit, np.full(w_c.shape, 1.3)),
+            "w_c_star": ("depth", star),
+            "w_c_star_lo": ("depth", star - 1),
+            "w_c_star_hi": ("depth", star + 1),
+            "w_c_star_boot": (("boot", "depth"), star + rng.normal(0, 0.3, (N_BOOT, 3))),
+            "mu": (net, np.full(phase.shape, 1.0)),
+            "mu_lo": (net, np.full(phase.shape, 0.9)),
+            "mu_hi": (net, np.full(phase.shape, 1.1)),
+            "S_simple": (net, np.full(phase.shape, 0.05)),
+            "S_mu": (net, np.full(phase.shape, 0.05)),
+            "S_short": (net, np.full(phase.shape, 0.05)),
+            "S_long": (net, np.where(phase == OVER, 0.3, 0.05)),
+            "t_star": (run, np.where((phase == OVER)[..., None], 2e4, np.inf) * np.ones(shape)),
+        },
+        coords=coords,
+        attrs={"ci": 0.95, "steps": 40000},
+    )
+    for name, value in overrides.items():
+        ds[name] = (ds[name].dims, np.asarray(value, dtype=ds[name].dtype) * np.ones(ds[name].shape))
+    return ds
+
+
+def test_fits_that_show_every_claim_pass_every_check():
+    results = checks.run_checks(fits())
+    assert [c.number for c in results] == [1, 2, 3, 4, 5, 6, 7]
+    assert [c.verdict for c in results] == ["PASS"] * 7
+
+
+@pytest.mark.parametrize(
+    ("number", "override"),
+    [
+        (1, {"fit_rms": 0.2}),  # the power law misses the late loss
+        (1, {"alpha": 1.0}),  # alpha does not depend on d and w
+        (2, {"phase": [OVER, UNDER, UNDETERMINED, UNDER, OVER]}),  # phases do not split at one width
+        (3, {"r2": 0.8}),  # 1/tau is not linear in w
+        (3, {"nu_hi": 10.0}),  # nu not determined
+        (4, {"w_c": 13.0, "w_c_boot": 13.0}),  # w_c does not depend on eps
+        (4, {"w_c_star_lo": 30.0, "w_c_star_hi": 32.0}),  # w_c* far from the L_inf phase boundary
+        (5, {"w_c_star": 13.0, "w_c_star_boot": 13.0}),  # no depth dependence
+        (6, {"mu_lo": 0.3, "mu_hi": 0.5}),  # sub-aging, not simple aging
+        (7, {"S_long": 0.05}),  # the collapse does not fail at long times
+    ],
+)
+def test_a_claim_that_does_not_show_fails_its_check_and_only_that(number, override):
+    results = checks.run_checks(fits(**override))
+    failed = [c.number for c in results if not c.passed]
+    assert failed == [number], [(c.number, c.measured) for c in results]
+
+
+def test_table_prints_the_numbers_and_the_verdicts():
+    text = checks.table(checks.run_checks(fits(fit_rms=0.2)))
+    assert text.count("\n") == 9  # header, rule, 7 checks
+    assert "**FAIL**" in text and "**PASS**" in text
+    assert "w_c*: d1 17.0, d2 15.0, d3 13.0" in text
+
+
+def test_aging_checks_judge_the_aging_subset_when_there_is_one():
+    ds = fits()
+    subset = ds[["mu", "mu_lo", "mu_hi", "S_simple", "S_mu", "S_short", "S_long", "phase", "t_star"]]
+    subset = subset.assign(mu_lo=subset["mu_lo"] * 0 + 0.3, mu_hi=subset["mu_hi"] * 0 + 0.5)
+    subset = subset.drop_vars(["eps", "boot"], errors="ignore")
+    renamed = subset.rename({v: f"aging_{v}" for v in subset.data_vars})
+    renamed = renamed.rename({d: f"aging_{d}" for d in ("depth", "width", "seed")})
+    ds = xr.merge([ds, renamed.assign(aging_steps=xr.DataArray(200000))])
+    six = checks.aging_under(ds)
+    assert not six.passed and "aging subset, 200000 steps" in six.measured
