@@ -111,3 +111,22 @@ def make_encoded(n_chorales=6, length=12, vocab_sizes=(5, 4, 5, 6), seed=0, n_he
         },
         attrs={"n_train": n_chorales, "n_heldout": n_heldout, "data_floor": 0.0},
     )
+
+
+def fits_config(**overrides):
+    """A FitsConfig for small synthetic studies: params.yaml's rules, fewer windows and replicas."""
+    from bachglass.fits import FitsConfig
+
+    base = dict(
+        window_start=[100],
+        floor_factor=2.0,
+        max_width_ratio=2.0,
+        min_widths=3,
+        extrapolation_eps=3,
+        aging_tau_w_min=100,
+        mu_max=1.0,
+        n_boot=10,
+        ci=0.95,
+        seed=0,
+    )
+    return FitsConfig(**(base | overrides))

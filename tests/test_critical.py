@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import fits_config
 
 from bachglass.critical import critical, critical_fit, extrapolate, free_exponent_fit
-from bachglass.fits import FitsConfig
 
 W_C, A, T_MAX = 12.3, 5e4, 4e4
 CPD = 25  # checkpoints per decade
@@ -144,18 +144,7 @@ def test_extrapolate_skips_eps_without_a_fit_and_needs_two_points():
 # critical() on a study of learning times: w_c(eps) = W_C_STAR[d] + 20 eps, A = 5e4, T_MAX = 4e4
 EPS = np.array([0.1, 0.05, 0.02])
 W_C_STAR = {1: 14.0, 2: 10.0}
-CONFIG = FitsConfig(
-    window_start=[100],
-    floor_factor=2.0,
-    max_width_ratio=2.0,
-    min_widths=3,
-    extrapolation_eps=3,
-    aging_tau_w_min=100,
-    mu_max=1.0,
-    n_boot=40,
-    ci=0.95,
-    seed=0,
-)
+CONFIG = fits_config(n_boot=40)
 
 
 def tau_study(noise, n_seed=3, rng_seed=0):

@@ -2,7 +2,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import checkpoint_steps, make_trajectory
+from conftest import checkpoint_steps, fits_config, make_trajectory
 
 from bachglass import figures, io
 from bachglass.figures_aging import examples
@@ -14,22 +14,11 @@ from bachglass.figures_layout import (
     TAU_LABEL,
     WIDTH_LABEL,
 )
-from bachglass.fits import OVER, FitsConfig, fit_study
+from bachglass.fits import OVER, fit_study
 from bachglass.observables import ObservablesConfig, combine_runs, run_observables
 
 CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.03], smoothing_decades=0.1, tau_w=[10, 100])
-FITS = FitsConfig(
-    window_start=[100, 30],
-    floor_factor=2.0,
-    max_width_ratio=2.0,
-    min_widths=2,
-    extrapolation_eps=2,
-    aging_tau_w_min=10,
-    mu_max=2.0,
-    n_boot=10,
-    ci=0.95,
-    seed=0,
-)
+FITS = fits_config(window_start=[100, 30], min_widths=2, extrapolation_eps=2, aging_tau_w_min=10, mu_max=2.0)
 STEPS = checkpoint_steps(3000, 10)
 NAMES = [
     "loss_curves",

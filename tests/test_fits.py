@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import checkpoint_steps, make_trajectory
+from conftest import checkpoint_steps, fits_config, make_trajectory
 
 from bachglass.fits import (
     ATTRS,
     OVER,
     UNDER,
     UNDETERMINED,
-    FitsConfig,
     classify,
     clipped_fraction,
     fit_power_law,
@@ -160,18 +159,7 @@ STEPS = checkpoint_steps(10_000, 20)
 EPS = [0.12, 0.1, 0.08, 0.005]
 WIDTHS = (12, 14, 16, 18, 20, 22, 24)
 CLIPPED_RUN = (1, 14, 1)  # clipped at every step up to step 100, never after
-CONFIG = FitsConfig(
-    window_start=[100, 300],
-    floor_factor=2.0,
-    max_width_ratio=2.0,
-    min_widths=3,
-    extrapolation_eps=3,
-    aging_tau_w_min=100,
-    mu_max=1.0,
-    n_boot=10,
-    ci=0.95,
-    seed=0,
-)
+CONFIG = fits_config(window_start=[100, 300])
 
 
 def true_w_c(depth, eps):
