@@ -44,8 +44,7 @@ def learning_times(paths: list[Path], params: dict) -> xr.Dataset:
     smooth = observables.smoothed_loss(runs["loss"].where(alive), params["observables"]["smoothing_decades"])
     tau = observables.learning_time(smooth, float(runs.attrs["data_floor"]), params["observables"]["eps"])
     tau = tau.where(smooth.isel(time=-1).notnull())  # a run that ended non-finite has no learning time
-    steps = np.diff(runs["step"].values, prepend=0)
-    clipped = (runs["clip_fraction"] * xr.DataArray(steps, dims="time")).sum("time") / steps.sum()
+    clipped = fits.clipped_fraction(runs["clip_fraction"])
     return xr.Dataset({"tau": tau, "clip_fraction_total": clipped}, attrs=runs.attrs).assign_coords(
         step=runs["step"]
     )

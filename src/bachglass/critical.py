@@ -152,11 +152,11 @@ def _critical_all(
 ) -> np.ndarray:
     """Fit every (depth, ε) of τ (depth, width, seed, eps).
 
-    Returns (depth, eps, 7): [w_c, A, nu, R², n_widths, w_c*, slope of w_c(ε)], the last two the
-    same for every ε of a depth.
+    Returns (depth, eps, 8): [w_c, A, nu, R², n_widths, w_c*, slope of w_c(ε), widest width fitted];
+    w_c* and the slope are the same for every ε of a depth.
     """
     n_depth, _, n_seed, n_eps = tau.shape
-    out = np.full((n_depth, n_eps, 7), np.nan)
+    out = np.full((n_depth, n_eps, 8), np.nan)
     w = np.repeat(widths, n_seed)
     for d in range(n_depth):
         for e in range(n_eps):
@@ -164,7 +164,8 @@ def _critical_all(
             lin = critical_fit(w, t, t_max, rel_err, config.max_width_ratio, config.min_widths)
             nu = free_exponent_fit(w, t, t_max, rel_err, lin.w_max, lin)[2]
             out[d, e, :5] = lin.w_c, lin.A, nu, lin.r2, lin.n_widths
-        out[d, :, 5:] = extrapolate(eps, out[d, :, 0], config.extrapolation_eps)
+            out[d, e, 7] = lin.w_max
+        out[d, :, 5:7] = extrapolate(eps, out[d, :, 0], config.extrapolation_eps)
     return out
 
 
@@ -235,6 +236,7 @@ def critical(study: xr.Dataset, eps_valid: xr.DataArray, config: FitsConfig) -> 
     ds["r2"] = (dims, point[..., 3])
     ds["fit_fraction"] = (dims, np.isfinite(boot[..., 0]).mean(axis=0))
     ds["n_widths"] = (dims, np.nan_to_num(point[..., 4]).astype(np.int64))
+    ds["w_fit_max"] = (dims, point[..., 7])
     ds["w_c_star"] = ("depth", point[:, 0, 5])
     ds["w_c_star_slope"] = ("depth", point[:, 0, 6])
     ds["w_c_star_boot"] = (("boot", "depth"), boot[:, :, 0, 5])

@@ -69,9 +69,9 @@ def _title(ex: Example, fits: xr.Dataset) -> str:
     return f"d = {ex.depth}, w = {ex.width}{ratio} ({phase})\nL(end) = {ex.final_loss:.3g} nats/note"
 
 
-def tau_w_min(fits: xr.Dataset, tau_w: np.ndarray) -> float:
-    """Return the shortest waiting time the collapse fits used (the first of ``fits.tau_w_pair``)."""
-    return float(fits["tau_w_pair"].values[0]) if "tau_w_pair" in fits.coords else float(tau_w[0])
+def tau_w_min(fits: xr.Dataset) -> float:
+    """Return the shortest waiting time the collapse used (params.yaml fits.aging_tau_w_min)."""
+    return float(fits.attrs["aging_tau_w_min"])
 
 
 def _mean_msd(study: xr.Dataset, ex: Example) -> xr.DataArray:
@@ -143,8 +143,7 @@ def aging_msd(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     """
     exs = examples(study, fits)
     fig, axes = panels(len(exs))
-    tau_w = study["tau_w"].values
-    tw_min = tau_w_min(fits, tau_w)
+    tau_w, tw_min = study["tau_w"].values, tau_w_min(fits)
     for ax, ex in zip(axes[0], exs, strict=True):
         _msd_panel(ax, _mean_msd(study, ex), _t_star(fits, ex), tw_min, None)
         ax.set_title(_title(ex, fits), fontsize="small")
@@ -177,8 +176,7 @@ def aging_collapse(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     """
     exs = examples(study, fits)
     fig, axes = panels(len(exs), rows=2, sharex=False, sharey=True, height=3.3)
-    tau_w = study["tau_w"].values
-    tw_min = tau_w_min(fits, tau_w)
+    tau_w, tw_min = study["tau_w"].values, tau_w_min(fits)
     for col, ex in enumerate(exs):
         f = fits.sel(depth=ex.depth, width=ex.width)
         delta, t_star = _mean_msd(study, ex), _t_star(fits, ex)

@@ -30,7 +30,6 @@ LAG_LABEL = "lag τ (SGD steps)"
 CENSORED = "not reached (censored)"
 MARKERS = ("o", "s", "D", "v", "P", "X", "*", "h")
 DIVERGED = Line2D([], [], color="0.3", marker="x", ls="none", label="diverged")
-FLOOR_FACTOR = 2.0  # fits.attrs["floor_factor"] when the fits carry it (params.yaml fits.floor_factor)
 
 # Phase from L_inf (fits.phase) as marker shape and fill, so that colour stays free for the depth:
 # filled = a plateau above the floors, open = reaches them, half = seeds or fit windows disagree.
@@ -78,8 +77,8 @@ def diverged(study: xr.Dataset) -> xr.DataArray:
 
 
 def floor_factor(fits: xr.Dataset) -> float:
-    """Return the factor that defines "at the floor" (t*, phases): the fits' attribute, else 2."""
-    return float(fits.attrs.get("floor_factor", FLOOR_FACTOR))
+    """Return the factor that defines "at the floor" (t*, phases): params.yaml fits.floor_factor."""
+    return float(fits.attrs["floor_factor"])
 
 
 def width_colours(widths: np.ndarray) -> Colormap:

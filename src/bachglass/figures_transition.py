@@ -35,16 +35,6 @@ from bachglass.figures_layout import (
 EPS_LEGEND_TITLE = "ε: loss ≤ floor + ε\n(nats/note)"
 
 
-def fit_top(widths: np.ndarray, tau: np.ndarray, n_widths: int) -> float:
-    """Return the widest width inside a critical fit's window: the n-th narrowest that reached ε.
-
-    ``tau`` is (width, seed); the window of :func:`bachglass.critical.critical_fit` holds the
-    ``n_widths`` narrowest widths with a finite τ. NaN when there is no fit.
-    """
-    reached = widths[np.isfinite(tau).any(axis=1)]
-    return float(reached[n_widths - 1]) if 0 < n_widths <= reached.size else np.nan
-
-
 def _fit_lines(
     ax: Axes, fits: xr.Dataset, depth: int, widths: np.ndarray, tau: np.ndarray, inverse: bool
 ) -> None:
@@ -56,7 +46,7 @@ def _fit_lines(
         w_c, A = float(fit["w_c"]), float(fit["A"])
         if not finite(w_c, A):
             continue
-        top = fit_top(widths, tau[..., k], int(fit["n_widths"]))
+        top = float(fit["w_fit_max"])
         lo = w_c if inverse else w_c * 1.002  # τ diverges at w_c
         w = np.linspace(lo, max(widths.max(), top), 400)
         y = (w - w_c) / A if inverse else A / (w - w_c)

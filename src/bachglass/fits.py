@@ -184,6 +184,7 @@ ATTRS = {  # name: (long_name, units)
     "eps_valid": ("eps far enough above the floors for a learning time", "1"),
     "r2": ("R^2 of the linear fit of 1/tau in w (reached runs)", "1"),
     "n_widths": ("widths that reached eps used in the critical fit", "1"),
+    "w_fit_max": ("widest width inside the critical fit's window", "1"),
     "fit_fraction": ("fraction of bootstrap replicas with a critical fit", "1"),
     "w_c_star": ("interpolation transition: w_c extrapolated to eps -> 0", "1"),
     "w_c_star_lo": ("lower bound of the seed-bootstrap interval of w_c_star", "1"),
