@@ -93,10 +93,11 @@ def packages_needed(script: Path) -> set[str]:
 def rule_envs_and_scripts() -> list[tuple[str, str, str]]:
     rules = []
     for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
-        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+        for block in re.split(r"^ *rule\b *", smk.read_text(), flags=re.M)[1:]:  # also rules made in loops
             env = re.search(r'conda:\s*"\.\./\.\./envs/([\w]+)\.yaml"', block)
             script = re.search(r'script:\s*"\.\./scripts/([\w]+\.py)"', block)
-            rules.append((block.split(":")[0], env.group(1), script.group(1)))
+            name = re.search(r"name:\s*(\S+)", block) if block.startswith(":") else None
+            rules.append((name.group(1) if name else block.split(":")[0], env.group(1), script.group(1)))
     return rules
 
 

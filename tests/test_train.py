@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bachglass import io, model, train
-from bachglass.elman import ElmanEngine
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -120,7 +119,7 @@ def test_snapshot_and_loss_belong_to_the_same_step(encoded):
     batch = model.encode_batch(tokens, mask, layout, torch.float32, torch.device("cpu"))
     for k in (0, 10, -1):  # the initial state, a middle checkpoint, the final state
         theta = torch.as_tensor(ds.theta.values[0, 0, 0, k])
-        engine = ElmanEngine(2, 8, layout, theta)
+        engine = model.ReferenceEngine("rnn_tanh", 2, 8, layout, theta)
         assert engine.loss(batch).item() == pytest.approx(ds.loss.values.ravel()[k], rel=1e-6)
     np.testing.assert_array_equal(ds.time.values, ds.step.values / 2)  # 6 chorales, batches of 4
 

@@ -109,12 +109,12 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
         assert stage["params"] == expected[name.split("@")[0]], name
     for rule_file, sections in {
         "data": {"data", "encoding"},
-        "train": {"train"},
+        "train": {"train", "grid", "aging"},  # grid and aging: only their seeds, in the rules' output paths
         "observables": {"observables", "grid"},
         "analysis": {"fits", "observables", "figures"},
     }.items():
         text = (ROOT / f"workflow/rules/{rule_file}.smk").read_text()
-        assert set(re.findall(r'=config\["(\w+)"\]', text)) == sections, rule_file
+        assert set(re.findall(r'config\["(\w+)"\]', text)) == sections, rule_file
 
 
 def test_tiny_study_has_labelled_dims_units_and_provenance(tiny_study):
@@ -169,6 +169,11 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     ]  # (DVC hides nulls)
     traj = repo / "results/runs/d1_w8_s0/trajectory.nc"
     before = traj.read_bytes()
+    # the aging seeds 0 and 1 are one pack (train.pack 2): DVC runs its job once per run's stage,
+    # and the second time the job links the pair's trajectories back instead of training again (the
+    # log holds the latest job's lines)
+    pack_log = repo / "results/logs/train_aging_run/d1_w8_s0_1.log"
+    assert pack_log.read_text().count("linked, not trained") == 1
 
     edit_params(repo, {"figures": {"dpi": 70}})
     log = run(["dvc", "repro"], repo).stdout
@@ -188,6 +193,10 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     with xr.open_dataset(traj) as ds:
         assert ds.attrs["lr"] == 0.1
     assert traj.read_bytes() != before
+    assert pack_log.read_text().count("linked, not trained") == 1
+    for seed in (0, 1):
+        with xr.open_dataset(repo / f"results/aging/d1_w8_s{seed}/trajectory.nc") as ds:
+            assert ds.attrs["lr"] == 0.1 and ds.attrs["ensemble_size"] == 2
 
 
 def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study, tmp_path):

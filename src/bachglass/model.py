@@ -3,7 +3,7 @@
 The network reads the chord at step t (the 4 voices' one-hots, concatenated) and predicts the chord at
 t + 1 through one linear readout split into 4 per-voice softmaxes (paper-spec §1.4). Every parameter
 lives in one flat vector ``theta`` whose order and grouping are defined here once, by
-:func:`param_specs`; the fast Elman path (``bachglass.elman``), the autograd reference below and the
+:func:`param_specs`; the batched Elman path (``bachglass.ensemble``), the autograd reference below and the
 trajectory's ``theta``/``group`` all use it.
 
 Biases follow PyTorch's two-bias convention (``bias_ih`` and ``bias_hh`` per layer, both kept as

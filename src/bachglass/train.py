@@ -11,8 +11,10 @@ every ``resume_every`` steps to the ``checkpoint`` file; the caller deletes it
 """
 
 import hashlib
+import json
 import logging
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +26,12 @@ import xarray as xr
 from tqdm import tqdm
 
 from bachglass import io, model
-from bachglass.elman import ElmanEngine
+from bachglass.ensemble import Corpus, EnsembleEngine, StackedBatch
 from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
 
-MODULES = ("model", "elman", "train")  # code whose hash goes into the provenance
+MODULES = ("model", "ensemble", "train")  # code whose hash goes into the provenance
 ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what train_run reads of encoded.nc
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 VARIABLES = {  # name: (long_name, units)
@@ -54,6 +56,7 @@ class TrainConfig:
     resume_every: int
     dtype: str
     device: str
+    pack: int = 1
 
 
 def checkpoint_steps(steps: int, per_decade: int) -> np.ndarray:
@@ -82,35 +85,321 @@ def train_run(
     checkpoint: Path | None,
     progress: bool = True,
 ) -> xr.Dataset:
-    """Train one network from its seed and return its trajectory (contract §3).
+    """Train one network from its seed and return its trajectory: :func:`train_runs` of one seed."""
+    return train_runs(encoded, depth, width, [seed], config, [checkpoint], progress)[0]
 
-    Resumes from ``checkpoint`` when that file exists; the result is then bitwise identical to an
-    uninterrupted run on the same machine. A non-finite loss does not raise: the run stops, is
-    marked ``status="diverged"`` and keeps the snapshots taken before (later ones are NaN).
+
+def train_runs(
+    encoded: xr.Dataset,
+    depth: int,
+    width: int,
+    seeds: list[int],
+    config: TrainConfig,
+    checkpoints: list[Path | None] | None = None,
+    progress: bool = True,
+) -> list[xr.Dataset]:
+    """Train the networks ``seeds`` of one (depth, width) as one batched ensemble; one trajectory each.
+
+    Each run keeps its own parameters, minibatch order, clipping and divergence, so its trajectory
+    is that of training it alone up to floating-point round-off (contract §3, DESIGN "Conventions").
+    Runs resume from their ``checkpoints`` files where those exist; runs whose checkpoints stand
+    at different steps train as separate ensembles, so no finished step is lost. A non-finite loss
+    does not raise: that run stops, is marked ``status="diverged"`` and keeps the snapshots taken
+    before (later ones are NaN); the others go on.
     """
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ParamsError(f"train_runs: seeds {seeds} must be distinct and at least one")
+    checkpoints = [None] * len(seeds) if checkpoints is None else checkpoints
     device, dtype = _resolve(config)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
     train, heldout = model.encode_splits(encoded, layout, dtype, device)
     specs = model.param_specs(config.cell, depth, width, layout.vocab_sizes)
-    theta = model.init_theta(specs, width, seed, dtype, device)
-    if config.cell == "rnn_tanh":
-        engine = ElmanEngine(depth, width, layout, theta)
-    else:
-        engine = model.ReferenceEngine(config.cell, depth, width, layout, theta)
-    identity = {**asdict(config), "depth": depth, "width": width, "seed": seed}
-    # resume only what this very code, torch build and device would have computed
-    identity |= {"data_sha256": _data_sha256(encoded), "code_sha256": io.code_sha256(MODULES)}
-    identity |= {"torch": str(torch.__version__), "device_used": str(device)}
-    run = _Run(engine, train, heldout, layout, config, seed)
-    if checkpoint is not None and Path(checkpoint).exists():
-        run.restore(_load(Path(checkpoint), identity))
+    identities = run_identities(encoded, depth, width, seeds, config)
+    states = [
+        _load(Path(path), identity) if path is not None and Path(path).exists() else None
+        for path, identity in zip(checkpoints, identities, strict=True)
+    ]
+    cohorts: dict[int, list[int]] = {}  # resume step: members
+    for k, state in enumerate(states):
+        cohorts.setdefault(0 if state is None else state["counters"][0], []).append(k)
     grid = checkpoint_steps(config.steps, config.checkpoints_per_decade)
-    name = f"d{depth}_w{width}_s{seed}"
+    data = Data(train, heldout, layout)
+    trajectories: list[xr.Dataset | None] = [None] * len(seeds)
+    for members in cohorts.values():
+        thetas = torch.stack([model.init_theta(specs, width, seeds[k], dtype, device) for k in members])
+        ens = Ensemble(
+            make_engine(config.cell, depth, width, layout, thetas), data, config, [seeds[k] for k in members]
+        )
+        if states[members[0]] is not None:
+            ens.restore([states[k] for k in members])
+        paths = [checkpoints[k] for k in members]
+        name = f"d{depth}_w{width}_s" + ",".join(str(seeds[k]) for k in members)
+        _train(ens, grid, paths, [identities[k] for k in members], name, progress)
+        floor = float(encoded.attrs["data_floor"])
+        for m, k in enumerate(members):
+            trajectories[k] = _trajectory(ens, m, grid, specs, identities[k], str(device), floor)
+    return trajectories  # type: ignore[return-value]
+
+
+def run_identities(
+    encoded: xr.Dataset, depth: int, width: int, seeds: list[int], config: TrainConfig
+) -> list[dict[str, Any]]:
+    """Return what determines each run's result: its params, data, code, torch build and device.
+
+    A checkpoint resumes only a run of the same identity. ``pack`` is left out: packing changes
+    round-off only, and a run interrupted in one pack may resume in another.
+    """
+    device, _ = _resolve(config)
+    base = {k: v for k, v in asdict(config).items() if k != "pack"} | {"depth": depth, "width": width}
+    base |= {"data_sha256": _data_sha256(encoded), "code_sha256": io.code_sha256(MODULES)}
+    base |= {"torch": str(torch.__version__), "device_used": str(device)}
+    return [base | {"seed": seed} for seed in seeds]
+
+
+def train_pack(
+    encoded: xr.Dataset,
+    depth: int,
+    width: int,
+    seeds: list[int],
+    config: TrainConfig,
+    outputs: list[Path],
+    cache: Path | None,
+) -> bool:
+    """Train a pack of runs and write each trajectory to its output; True if restored from ``cache``.
+
+    A job that trains a pack writes several files, and ``dvc repro`` re-runs it once per run (its
+    stages are per run, and DVC deletes a stage's outputs before running it). So each trajectory is
+    also hard-linked into ``cache`` under a key of everything that determines its bytes (identity
+    and pack); a job whose runs are all there links them back instead of training again. Keys are
+    content addresses, so an entry is never stale; older entries of the same run are removed.
+    """
+    keys = [
+        hashlib.sha256(json.dumps(identity | {"pack": seeds}, sort_keys=True).encode()).hexdigest()[:20]
+        for identity in run_identities(encoded, depth, width, seeds, config)
+    ]
+    entries = [
+        None if cache is None else cache / f"d{depth}_w{width}_s{seed}.{key}.nc"
+        for seed, key in zip(seeds, keys, strict=True)
+    ]
+    if all(entry is not None and entry.exists() for entry in entries):
+        for entry, output in zip(entries, outputs, strict=True):
+            with io.atomic_path(output) as tmp:
+                os.link(entry, tmp)
+        log.info(
+            "d%d_w%d seeds %s: identical runs found in %s, linked, not trained", depth, width, seeds, cache
+        )
+        return True
+    checkpoints = [io.checkpoint_path(output) for output in outputs]
+    runs = train_runs(encoded, depth, width, seeds, config, checkpoints)
+    for run, output, checkpoint, entry in zip(runs, outputs, checkpoints, entries, strict=True):
+        io.write_netcdf(run, output)
+        remove_checkpoint(checkpoint)
+        if entry is not None:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            for old in entry.parent.glob(entry.name.split(".")[0] + ".*.nc"):
+                old.unlink()
+            os.link(output, entry)
+    return False
+
+
+def make_engine(
+    cell: str, depth: int, width: int, layout: model.HeadLayout, thetas: torch.Tensor
+) -> "EnsembleEngine | _ReferenceStack":
+    """Pick the fast batched Elman path for rnn_tanh, the autograd reference (one net at a time) otherwise."""
+    if cell == "rnn_tanh":
+        return EnsembleEngine(depth, width, layout, thetas)
+    return _ReferenceStack(cell, depth, width, layout, thetas)
+
+
+class _ReferenceStack:
+    """:class:`model.ReferenceEngine` for each member in turn, behind the ensemble's interface (GRU, LSTM)."""
+
+    def __init__(
+        self, cell: str, depth: int, width: int, layout: model.HeadLayout, theta: torch.Tensor
+    ) -> None:
+        self.theta, self.grad, self.layout = theta, torch.zeros_like(theta), layout
+        self.engines = [model.ReferenceEngine(cell, depth, width, layout, row) for row in theta]
+
+    def _batch(self, batch: StackedBatch, m: int) -> model.Batch:
+        m = 0 if batch.shared else m
+        rows = (batch.n_steps, batch.n_batch)
+        offsets = torch.arange(batch.slots.shape[2], device=self.theta.device) * self.layout.n_max
+        y = torch.where(batch.weight[m].unsqueeze(1) > 0, batch.slots[m] - offsets, -1)
+        return model.make_batch(batch.x[m].view(*rows, -1), y.view(*rows, -1), self.layout)
+
+    def loss(self, batch: StackedBatch) -> torch.Tensor:
+        """Losses (S,) of ``batch``."""
+        return torch.stack([e.loss(self._batch(batch, m)) for m, e in enumerate(self.engines)])
+
+    def loss_grad(self, batch: StackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Losses (S,) and gradients ``grad`` (S, N)."""
+        losses = []
+        for m, engine in enumerate(self.engines):
+            loss, grad = engine.loss_grad(self._batch(batch, m))
+            self.grad[m].copy_(grad)
+            losses.append(loss)
+        return torch.stack(losses), self.grad
+
+
+class Data:
+    """The training and held-out chorales, and the full-set batches every member shares."""
+
+    def __init__(self, train: model.Batch, heldout: model.Batch | None, layout: model.HeadLayout) -> None:
+        self.train = Corpus(train, layout)
+        self.full = self.train.select(self.train.all)
+        self.heldout = (
+            None
+            if heldout is None
+            else Corpus(heldout, layout).select(
+                torch.arange(heldout.y.shape[1], device=heldout.y.device).unsqueeze(0)
+            )
+        )
+
+
+class _Member:
+    """What is one run's own in an ensemble: minibatch order and its records."""
+
+    def __init__(self, seed: int, n_train: int) -> None:
+        self.rng = np.random.default_rng(seed)  # minibatch order; init uses its own torch generator
+        # the current epoch's permutation and position in it (exhausted: draw one at the first step)
+        self.perm, self.pos, self.diverged_step = np.arange(0), n_train, -1
+        self.records: dict[str, list[Any]] = {key: [] for key in RECORDS}
+
+    def next_indices(self, n_train: int, batch_size: int) -> np.ndarray:
+        """Return the chorales of this run's next minibatch: the next slice of its shuffled epoch."""
+        if self.pos >= n_train:
+            self.perm, self.pos = self.rng.permutation(n_train), 0
+        idx = self.perm[self.pos : self.pos + batch_size]
+        self.pos += len(idx)
+        return idx
+
+
+class Ensemble:
+    """The mutable state of S runs trained together: engine (θ), members, clip counters."""
+
+    def __init__(
+        self, engine: "EnsembleEngine | _ReferenceStack", data: Data, config: TrainConfig, seeds: list[int]
+    ) -> None:
+        self.engine, self.data, self.config = engine, data, config
+        self.n_train = data.train.n_chorales
+        self.batch_size = min(config.batch_size or self.n_train, self.n_train)
+        self.full_batch = self.batch_size == self.n_train
+        self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
+        self.members = [_Member(seed, self.n_train) for seed in seeds]
+        theta = engine.theta
+        self.clipped = theta.new_zeros(len(seeds))  # clipped steps since the last record, per run
+        self.active = theta.new_ones(len(seeds))  # 0 once a run has diverged: its θ is frozen
+        self.step, self.last_record, self.n_stopped = 0, 0, 0
+
+    def next_batch(self) -> StackedBatch:
+        """Return this step's batch: the full training set, or each run's next minibatch."""
+        if self.full_batch:
+            return self.data.full
+        idx = np.stack([m.next_indices(self.n_train, self.batch_size) for m in self.members])
+        return self.data.train.select(torch.as_tensor(idx, device=self.engine.theta.device))
+
+    def diverge(self, losses: torch.Tensor, step: int) -> None:
+        """Stop the runs whose ``losses`` (S,) are not finite at ``step``: freeze θ (at 0) for good."""
+        for m in torch.nonzero(~torch.isfinite(losses) & (self.active > 0)).flatten().tolist():
+            self.members[m].diverged_step = step
+            self.active[m] = 0
+            self.n_stopped += 1
+            self.engine.theta[m].zero_()  # a finite stand-in, so NaN never reaches a shared op
+
+    def record(self, step: int, losses: torch.Tensor | None) -> None:
+        """Snapshot θ_step and its losses for every live run; stop the runs whose loss is not finite.
+
+        ``losses`` are this step's full-batch training losses when the step already computed them.
+        """
+        losses = self.engine.loss(self.data.full) if losses is None else losses
+        self.diverge(losses, step)
+        heldout = None if self.data.heldout is None else self.engine.loss(self.data.heldout).tolist()
+        since = max(step - self.last_record, 1)
+        thetas = self.engine.theta.to(device="cpu", dtype=torch.float32, copy=True).numpy()
+        clipped = self.clipped.tolist()
+        for m, member in enumerate(self.members):
+            if member.diverged_step >= 0:
+                continue
+            values = (
+                losses[m].item(),
+                math.nan if heldout is None else heldout[m],
+                clipped[m] / since,
+                thetas[m],
+            )
+            for key, value in zip(RECORDS, values, strict=True):
+                member.records[key].append(value)
+        self.clipped.zero_()
+        self.last_record = step
+
+    def sgd_step(self, record: bool) -> torch.Tensor:
+        """Take SGD step ``self.step`` for every live run (recording θ before it first); return the losses.
+
+        The losses (S,) are of this step's batches, at θ before the update.
+        """
+        losses, grad = self.engine.loss_grad(self.next_batch())
+        self.diverge(losses, self.step)  # a run whose batch loss is not finite records nothing more
+        if record:
+            self.record(self.step, losses if self.full_batch else None)
+        self.update(grad)
+        return losses
+
+    def update(self, grad: torch.Tensor) -> None:
+        """One SGD step θ ← θ - lr·g per run, with g rescaled to norm ``clip_norm`` when longer."""
+        clip = self.config.clip_norm
+        if clip is not None:
+            norm = torch.linalg.vector_norm(grad, dim=1)
+            self.clipped.add_(norm > clip)
+            grad.mul_((clip / norm).clamp_(max=1.0).unsqueeze(1))
+        if self.n_stopped:  # NaN·0 is NaN: a diverged run's gradient is dropped, not scaled
+            grad.masked_fill_(self.active.unsqueeze(1) == 0, 0.0)
+        self.engine.theta.add_(grad, alpha=-self.config.lr)
+
+    def state(self, m: int, identity: dict[str, Any]) -> dict[str, Any]:
+        """All run ``m``'s resume needs, as tensors and plain Python types (loadable with weights_only)."""
+        member = self.members[m]
+        snapshots = member.records["theta"]
+        clipped = int(self.clipped[m].item())
+        return {
+            "identity": identity,
+            "counters": [self.step, member.pos, clipped, self.last_record, member.diverged_step],
+            "rng": member.rng.bit_generator.state,
+            "perm": torch.as_tensor(member.perm),
+            "theta": self.engine.theta[m].cpu().clone(),
+            "records": {key: member.records[key] for key in RECORDS[:3]},
+            "snapshots": torch.as_tensor(np.array(snapshots)) if snapshots else None,
+        }
+
+    def restore(self, states: list[dict[str, Any]]) -> None:
+        """Continue every run from its saved state (all at the same step)."""
+        for m, (member, state) in enumerate(zip(self.members, states, strict=True)):
+            self.step, member.pos, clipped, self.last_record, member.diverged_step = state["counters"]
+            self.clipped[m] = clipped
+            member.rng.bit_generator.state = state["rng"]
+            member.perm = state["perm"].numpy()
+            self.engine.theta[m].copy_(state["theta"])
+            if member.diverged_step >= 0:
+                self.active[m] = 0
+                self.n_stopped += 1
+            member.records = {key: list(state["records"][key]) for key in RECORDS[:3]}
+            snapshots = state["snapshots"]
+            member.records["theta"] = [] if snapshots is None else list(snapshots.numpy())
+
+
+def _train(
+    ens: Ensemble,
+    grid: np.ndarray,
+    checkpoints: list[Path | None],
+    identities: list[dict[str, Any]],
+    name: str,
+    progress: bool,
+) -> None:
+    """Run the ensemble's SGD steps to the end, with a progress bar and divergence warnings."""
+    config = ens.config
     # in a log file (no terminal) a bar redrawn 10 times a second would bloat it: redraw every 30 s
     interval = 0.1 if sys.stderr.isatty() else 30.0
     bar = tqdm(
         total=config.steps,
-        initial=run.step,
+        initial=ens.step,
         desc=name,
         file=sys.stderr,
         disable=not progress,
@@ -118,125 +407,45 @@ def train_run(
         maxinterval=max(interval, 10.0),
     )
     with bar:
-        _loop(run, grid, checkpoint, identity, bar)
-    if run.diverged_step >= 0:
-        k = run.diverged_step
-        log.warning(
-            "%s: loss became non-finite at step %d (epoch %g); lower train.lr (now %g) or clip harder; "
-            "the %d checkpoints before it are kept",
-            *(name, k, k / run.steps_per_epoch, config.lr, len(run.records["loss"])),
-        )
-    return _trajectory(run, grid, specs, identity, str(device), float(encoded.attrs["data_floor"]))
+        _loop(ens, grid, checkpoints, identities, bar)
+    for member, identity in zip(ens.members, identities, strict=True):
+        if member.diverged_step >= 0:
+            k = member.diverged_step
+            log.warning(
+                "d%d_w%d_s%d: loss became non-finite at step %d (epoch %g); lower train.lr (now %g) or "
+                "clip harder; the %d checkpoints before it are kept",
+                *(identity["depth"], identity["width"], identity["seed"], k, k / ens.steps_per_epoch),
+                *(config.lr, len(member.records["loss"])),
+            )
 
 
-class _Run:
-    """The mutable state of one run: engine (θ), minibatch order, clip counter, records so far."""
-
-    def __init__(
-        self,
-        engine: ElmanEngine | model.ReferenceEngine,
-        train: model.Batch,
-        heldout: model.Batch | None,
-        layout: model.HeadLayout,
-        config: TrainConfig,
-        seed: int,
-    ) -> None:
-        self.engine, self.train, self.heldout, self.layout = engine, train, heldout, layout
-        self.config, self.n_train = config, train.y.shape[1]
-        self.batch_size = min(config.batch_size or self.n_train, self.n_train)
-        self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
-        self.rng = np.random.default_rng(seed)  # minibatch order; init uses its own torch generator
-        # the current epoch's permutation and position in it (exhausted: draw one at the first step)
-        self.perm, self.pos = np.arange(0), self.n_train
-        self.step, self.clipped, self.last_record, self.diverged_step = 0, 0, 0, -1
-        self.records: dict[str, list[Any]] = {key: [] for key in RECORDS}
-
-    def next_batch(self) -> model.Batch:
-        """Return the training batch of this step: all chorales, or the next slice of a shuffled epoch."""
-        if self.batch_size == self.n_train:
-            return self.train
-        if self.pos >= self.n_train:
-            self.perm, self.pos = self.rng.permutation(self.n_train), 0
-        idx = self.perm[self.pos : self.pos + self.batch_size]
-        self.pos += len(idx)
-        return model.select(self.train, torch.as_tensor(idx, device=self.train.y.device), self.layout)
-
-    def record(self, step: int, batch_loss: float | None) -> bool:
-        """Snapshot θ_step and its losses; False (nothing recorded) if the training loss is not finite.
-
-        ``batch_loss`` is this step's full-batch training loss when the step already computed it.
-        """
-        loss = self.engine.loss(self.train).item() if batch_loss is None else batch_loss
-        if not math.isfinite(loss):
-            return False
-        heldout = math.nan if self.heldout is None else self.engine.loss(self.heldout).item()
-        since = step - self.last_record
-        theta = self.engine.theta.to(device="cpu", dtype=torch.float32, copy=True).numpy()
-        for key, value in zip(RECORDS, (loss, heldout, self.clipped / max(since, 1), theta), strict=True):
-            self.records[key].append(value)
-        self.clipped, self.last_record = 0, step
-        return True
-
-    def update(self, grad: torch.Tensor) -> None:
-        """One SGD step θ ← θ - lr·g, with g rescaled to norm ``clip_norm`` when it is longer."""
-        clip = self.config.clip_norm
-        if clip is not None:
-            norm = torch.linalg.vector_norm(grad).item()
-            if norm > clip:
-                grad.mul_(clip / norm)
-                self.clipped += 1
-        self.engine.theta.add_(grad, alpha=-self.config.lr)
-
-    def state(self, identity: dict[str, Any]) -> dict[str, Any]:
-        """All a resume needs, as tensors and plain Python types (loadable with weights_only)."""
-        snapshots = self.records["theta"]
-        return {
-            "identity": identity,
-            "counters": [self.step, self.pos, self.clipped, self.last_record],
-            "rng": self.rng.bit_generator.state,
-            "perm": torch.as_tensor(self.perm),
-            "theta": self.engine.theta.cpu().clone(),
-            "records": {key: self.records[key] for key in RECORDS[:3]},
-            "snapshots": torch.as_tensor(np.array(snapshots)) if snapshots else None,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a saved ``state``."""
-        self.step, self.pos, self.clipped, self.last_record = state["counters"]
-        self.rng.bit_generator.state = state["rng"]
-        self.perm = state["perm"].numpy()
-        self.engine.theta.copy_(state["theta"])
-        self.records = {key: list(state["records"][key]) for key in RECORDS[:3]}
-        snapshots = state["snapshots"]
-        self.records["theta"] = [] if snapshots is None else list(snapshots.numpy())
-
-
-def _loop(run: _Run, grid: np.ndarray, checkpoint: Path | None, identity: dict, bar: tqdm) -> None:
-    """SGD steps from ``run.step`` to the end: save, record, update, in that order per step."""
-    steps, start, record_at = run.config.steps, run.step, set(grid.tolist())
-    full_batch = run.batch_size == run.n_train
+def _loop(
+    ens: Ensemble,
+    grid: np.ndarray,
+    checkpoints: list[Path | None],
+    identities: list[dict[str, Any]],
+    bar: tqdm,
+) -> None:
+    """SGD steps from ``ens.step`` to the end: save, record, update, in that order per step."""
+    steps, start, record_at = ens.config.steps, ens.step, set(grid.tolist())
+    saving = [(path, m) for m, path in enumerate(checkpoints) if path is not None]
     for step in range(start, steps + 1):
-        run.step = step
-        if checkpoint is not None and start < step < steps and step % run.config.resume_every == 0:
-            with io.atomic_path(checkpoint) as tmp:
-                torch.save(run.state(identity), tmp)
-            log.info("step %d of %d: loss %.4g, resumable state saved", step, steps, run.records["loss"][-1])
+        ens.step = step
+        if saving and start < step < steps and step % ens.config.resume_every == 0:
+            for path, m in saving:
+                with io.atomic_path(path) as tmp:
+                    torch.save(ens.state(m, identities[m]), tmp)
+            log.info("step %d of %d: resumable state saved", step, steps)
         if step == steps:  # the final state: evaluate, no update
-            if not run.record(step, None):
-                run.diverged_step = step
+            ens.record(step, None)
             return
-        loss, grad = run.engine.loss_grad(run.next_batch())
-        value = loss.item()
-        finite = math.isfinite(value)
-        if finite and step in record_at:
-            finite = run.record(step, value if full_batch else None)
-            bar.set_postfix(loss=f"{run.records['loss'][-1]:.4g}" if finite else "nan", refresh=False)
-        elif step % 100 == 0:
-            bar.set_postfix(loss=f"{value:.4g}", refresh=False)  # this step's (mini)batch loss
-        if not finite:
-            run.diverged_step = step
+        losses = ens.sgd_step(record=step in record_at)
+        if step % 100 == 0:
+            live = losses[ens.active > 0]
+            shown = f"{live.median().item():.4g}" if live.numel() else "nan"
+            bar.set_postfix(loss=shown, refresh=False)  # this step's (mini)batch loss, median of runs
+        if ens.n_stopped == len(ens.members):
             return
-        run.update(grad)
         bar.update()
 
 
@@ -281,7 +490,8 @@ def _data_sha256(encoded: xr.Dataset) -> str:
 
 
 def _trajectory(
-    run: _Run,
+    ens: Ensemble,
+    m: int,
     grid: np.ndarray,
     specs: list[model.ParamSpec],
     identity: dict[str, Any],
@@ -289,34 +499,36 @@ def _trajectory(
     data_floor: float,
 ) -> xr.Dataset:
     """Assemble the contract's trajectory Dataset; checkpoints not reached (divergence) are NaN."""
-    n_params, n_done = sum(s.size for s in specs), len(run.records["loss"])
+    member = ens.members[m]
+    n_params, n_done = sum(s.size for s in specs), len(member.records["loss"])
     data_vars = {}
     for key, (long_name, units) in VARIABLES.items():
         dims = ("depth", "width", "seed", "time") + (("param",) if key == "theta" else ())
         dtype = np.float32 if key == "theta" else np.float64
         values = np.full((len(grid), n_params) if key == "theta" else len(grid), np.nan, dtype)
         if n_done:
-            values[:n_done] = np.asarray(run.records[key])
+            values[:n_done] = np.asarray(member.records[key])
         data_vars[key] = (dims, values[None, None, None], {"long_name": long_name, "units": units})
     coords = {
         **{key: [identity[key]] for key in ("depth", "width", "seed")},
-        "time": ("time", grid / run.steps_per_epoch, {"units": "epoch", "long_name": "training time"}),
+        "time": ("time", grid / ens.steps_per_epoch, {"units": "epoch", "long_name": "training time"}),
         "step": ("time", grid, {"units": "SGD steps", "long_name": "SGD step"}),
         "group": ("param", model.param_groups(specs), {"long_name": "parameter group"}),
     }
     attrs = {
-        "cell": run.config.cell,
-        "lr": float(run.config.lr),
-        "batch_size": int(run.batch_size),  # chorales per step; = n_train for full batch
-        "clip_norm": "none" if run.config.clip_norm is None else float(run.config.clip_norm),
-        "steps": int(run.config.steps),
-        "checkpoints_per_decade": int(run.config.checkpoints_per_decade),
-        "dtype": run.config.dtype,
+        "cell": ens.config.cell,
+        "lr": float(ens.config.lr),
+        "batch_size": int(ens.batch_size),  # chorales per step; = n_train for full batch
+        "clip_norm": "none" if ens.config.clip_norm is None else float(ens.config.clip_norm),
+        "steps": int(ens.config.steps),
+        "checkpoints_per_decade": int(ens.config.checkpoints_per_decade),
+        "dtype": ens.config.dtype,
         "n_parameters": int(n_params),
         "data_floor": data_floor,
         "device": device,
-        "status": "diverged" if run.diverged_step >= 0 else "completed",
-        "diverged_step": int(run.diverged_step),
+        "status": "diverged" if member.diverged_step >= 0 else "completed",
+        "diverged_step": int(member.diverged_step),
+        "ensemble_size": len(ens.members),  # runs trained with it as one batched model (round-off only)
     }
-    params = {"train": asdict(run.config), **{k: identity[k] for k in ("depth", "width", "seed")}}
+    params = {"train": asdict(ens.config), **{k: identity[k] for k in ("depth", "width", "seed")}}
     return xr.Dataset(data_vars, coords, attrs | io.provenance(params, MODULES))

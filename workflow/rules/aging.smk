@@ -1,21 +1,11 @@
 # The aging subset: a few (depth, width) trained longer than the grid, because the sub-aging exponent
-# of the grid's runs still drifts with tau_w. The same steps as the grid, with their own params.
-
-
-use rule train_run as train_aging_run with:
-    output:
-        trajectory=f"{AGING_RUN}/trajectory.nc",
-    log:
-        f"{LOGS}/train_aging_run/{RUN_ID}.log",
-    benchmark:
-        f"{BENCHMARKS}/train_aging_run/{RUN_ID}.tsv"
-    params:
-        train=aging_params()["train"],
+# of the grid's runs still drifts with tau_w. The same steps as the grid, with their own params
+# (their training rules are made in train.smk, with the grid's).
 
 
 use rule extract_observables as extract_aging_observables with:
     input:
-        trajectory=upstream(rules.train_aging_run.output.trajectory),
+        trajectory=upstream(f"{AGING_RUN}/trajectory.nc"),
         code=code("observables"),
     output:
         observables=f"{AGING_RUN}/observables.nc",

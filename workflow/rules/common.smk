@@ -89,6 +89,16 @@ def aging_params():
     }
 
 
+def seed_packs(seeds, pack):
+    """The seeds in groups of `pack`, in order: the runs one training job trains together."""
+    return [seeds[i : i + pack] for i in range(0, len(seeds), pack)]
+
+
+def pack_outputs(run_pattern, seeds):
+    """The trajectory of each seed of a pack; depth and width stay wildcards."""
+    return [f"{run_pattern}/trajectory.nc".replace("{seed}", str(seed)) for seed in seeds]
+
+
 def code(*modules):
     """Library modules whose content determines a rule's output (edits re-run the rule).
 

@@ -1,7 +1,7 @@
 rule extract_observables:
     """Learning times and two-time mean-square displacements of one run."""
     input:
-        trajectory=upstream(rules.train_run.output.trajectory),
+        trajectory=upstream(f"{RUN}/trajectory.nc"),
         code=code("observables"),
     output:
         observables=f"{RUN}/observables.nc",

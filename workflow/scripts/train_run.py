@@ -1,5 +1,6 @@
-"""Train one (depth, width, seed) network and write its trajectory (rule train_run)."""
+"""Train one pack of seeds of one (depth, width) and write each run's trajectory (rules train_run_s*)."""
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -10,21 +11,21 @@ from bachglass.errors import run_step
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
+CACHE = Path("results/.train_cache")  # see train.train_pack: lets dvc repro run a pack once, not per run
+
 
 def main() -> None:
-    """Map Snakemake's input/params/output onto one training call; resume from a checkpoint."""
+    """Map Snakemake's input/params/output onto one packed training; resume from checkpoints."""
     torch.set_num_threads(snakemake.threads)
-    checkpoint = io.checkpoint_path(snakemake.output.trajectory)
-    run = train.train_run(
+    train.train_pack(
         io.read_netcdf(snakemake.input.encoded, required=train.ENCODED_VARIABLES),
         depth=int(snakemake.wildcards.depth),
         width=int(snakemake.wildcards.width),
-        seed=int(snakemake.wildcards.seed),
+        seeds=list(snakemake.params.seeds),
         config=train.TrainConfig(**snakemake.params.train),
-        checkpoint=checkpoint,
+        outputs=[Path(path) for path in snakemake.output],
+        cache=CACHE,
     )
-    io.write_netcdf(run, snakemake.output.trajectory)
-    train.remove_checkpoint(checkpoint)
 
 
 if __name__ == "__main__":

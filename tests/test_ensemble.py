@@ -1,0 +1,197 @@
+"""The batched ensemble: each member trains as plain per-model SGD of its seed would; packs, cache."""
+
+import contextlib
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_encoded
+
+from bachglass import ensemble, io, model, train
+
+torch.set_num_threads(1)
+
+VOCAB = (5, 4, 5, 6)
+CPU = torch.device("cpu")
+F64 = torch.float64
+CONFIG = train.TrainConfig(
+    cell="rnn_tanh",
+    lr=0.5,
+    batch_size=4,
+    steps=40,
+    clip_norm=1.0,
+    checkpoints_per_decade=20,
+    resume_every=15,
+    dtype="float64",
+    device="cpu",
+)
+
+
+def config(**changes):
+    return dataclasses.replace(CONFIG, **changes)
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    return make_encoded(6, 14, VOCAB, seed=3, n_heldout=2)  # varied lengths: padding and masking
+
+
+def training_batch(enc, dtype=F64):
+    layout = model.HeadLayout(VOCAB)
+    split = enc["split"].values == "train"
+    return model.encode_batch(enc["tokens"].values[split], enc["mask"].values[split], layout, dtype, CPU)
+
+
+def thetas(depth, width, seeds, dtype=F64):
+    specs = model.param_specs("rnn_tanh", depth, width, VOCAB)
+    return torch.stack([model.init_theta(specs, width, s, dtype, CPU) for s in seeds])
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_each_member_has_the_loss_and_gradient_of_its_own_network(encoded, depth):
+    layout, batch = model.HeadLayout(VOCAB), training_batch(encoded)
+    corpus = ensemble.Corpus(batch, layout)
+    stacked = thetas(depth, 7, [0, 1, 2])
+    engine = ensemble.EnsembleEngine(depth, 7, layout, stacked.clone())
+    shared = corpus.select(corpus.all)
+    own = torch.tensor([[4, 0, 2], [1, 3, 5], [2, 2, 0]])  # one minibatch per member
+    for stacked_batch, members in ((shared, [[0, 1, 2, 3, 4, 5]] * 3), (corpus.select(own), own.tolist())):
+        loss, grad = (t.clone() for t in engine.loss_grad(stacked_batch))
+        assert torch.equal(engine.loss(stacked_batch), loss)
+        for m, idx in enumerate(members):
+            reference = model.ReferenceEngine("rnn_tanh", depth, 7, layout, stacked[m].clone())
+            ref_loss, ref_grad = reference.loss_grad(model.select(batch, torch.tensor(idx), layout))
+            assert abs(ref_loss.item() - loss[m].item()) <= 1e-12
+            assert (ref_grad - grad[m]).abs().max().item() <= 1e-12
+            assert ref_grad.abs().max().item() > 1e-3  # a real gradient, not two zeros
+
+
+def plain_sgd(enc, depth, width, seed, cfg, steps):
+    """Per-model training written out with nn.RNN + autograd: the trajectory a member must follow."""
+    batch = training_batch(enc)
+    specs = model.param_specs("rnn_tanh", depth, width, VOCAB)
+    net = model.RNNModel("rnn_tanh", depth, width, VOCAB).to(F64)
+    theta = model.init_theta(specs, width, seed, F64, CPU)
+    with torch.no_grad():
+        for param, view in zip(net.parameters(), model.split_flat(theta, specs), strict=True):
+            param.copy_(view)
+    rng, order = np.random.default_rng(seed), []
+    snapshots = {}
+    for step in range(steps + 1):
+        snapshots[step] = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).clone()
+        if step == steps:
+            break
+        if not order:
+            order = list(rng.permutation(batch.y.shape[1]))
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        x, y = batch.x[:, idx], batch.y[:, idx]
+        net.zero_grad()
+        model.cross_entropy(net(x), y, VOCAB).backward()
+        grads = [p.grad for p in net.parameters()]
+        norm = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads])).item()
+        scale = cfg.clip_norm / norm if norm > cfg.clip_norm else 1.0
+        with torch.no_grad():
+            for param, g in zip(net.parameters(), grads, strict=True):
+                param.sub_(cfg.lr * scale * g)
+    return snapshots
+
+
+@pytest.mark.parametrize(("depth", "width"), [(1, 6), (2, 5)])
+def test_packed_runs_follow_plain_per_model_sgd_in_float64(encoded, depth, width):
+    """Own minibatch order (batch 4 of 6: epochs reshuffle), clipping and update per member."""
+    runs = train.train_runs(encoded, depth, width, [0, 1, 2], config(), progress=False)
+    for seed, run in zip([0, 1, 2], runs, strict=True):
+        assert run.attrs["ensemble_size"] == 3 and run.seed.item() == seed
+        plain = plain_sgd(encoded, depth, width, seed, CONFIG, CONFIG.steps)
+        for k, step in enumerate(run.step.values):
+            got = torch.as_tensor(run.theta.values[0, 0, 0, k], dtype=F64)
+            # snapshots are stored in float32: compare at that precision, then the final loss in float64
+            assert (got - plain[int(step)].float().double()).abs().max().item() == 0.0, (seed, step)
+    alone = [train.train_run(encoded, depth, width, s, config(), None, False) for s in (0, 1, 2)]
+    for a, b in zip(alone, runs, strict=True):
+        np.testing.assert_allclose(a.loss.values, b.loss.values, rtol=1e-12)
+        np.testing.assert_allclose(a.heldout_loss.values, b.heldout_loss.values, rtol=1e-12)
+
+
+def test_float32_pack_matches_single_runs_to_round_off(encoded):
+    cfg = config(dtype="float32", steps=60, lr=0.25)
+    packed = train.train_runs(encoded, 2, 8, [0, 1, 2, 3], cfg, progress=False)
+    for seed, run in enumerate(packed):
+        alone = train.train_run(encoded, 2, 8, seed, cfg, None, False)
+        # chaos amplifies round-off, but at lr 0.25 over 60 steps it stays far below the loss scale
+        np.testing.assert_allclose(run.loss.values, alone.loss.values, rtol=1e-4)
+
+
+def test_a_diverging_member_stops_alone(encoded, monkeypatch):
+    real = ensemble.EnsembleEngine.loss_grad
+    calls = []
+
+    def poisoned(self, batch):
+        loss, grad = real(self, batch)
+        calls.append(1)
+        if len(calls) == 8:  # step 7: member 1's loss and gradient become NaN
+            loss[1], grad[1] = float("nan"), float("nan")
+        return loss, grad
+
+    clean = train.train_runs(encoded, 1, 6, [0, 1, 2], config(), progress=False)
+    monkeypatch.setattr(ensemble.EnsembleEngine, "loss_grad", poisoned)
+    runs = train.train_runs(encoded, 1, 6, [0, 1, 2], config(), progress=False)
+    assert runs[1].attrs["status"] == "diverged" and runs[1].attrs["diverged_step"] == 7
+    steps = runs[1].step.values
+    assert np.isfinite(runs[1].loss.values.ravel()[steps < 7]).all()
+    assert np.isnan(runs[1].loss.values.ravel()[steps >= 7]).all()
+    np.testing.assert_array_equal(
+        runs[1].theta.values[..., steps < 7, :], clean[1].theta.values[..., steps < 7, :]
+    )
+    for m in (0, 2):  # the others go on exactly as without the diverged one
+        assert runs[m].attrs["status"] == "completed"
+        np.testing.assert_array_equal(runs[m].theta.values, clean[m].theta.values)
+        np.testing.assert_array_equal(runs[m].loss.values, clean[m].loss.values)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_runs_interrupted_at_different_steps_resume_as_separate_cohorts(encoded, tmp_path, monkeypatch):
+    uninterrupted = train.train_runs(encoded, 1, 6, [0, 1], config(), progress=False)
+    paths = [tmp_path / "s0.ckpt.pt", tmp_path / "s1.ckpt.pt"]
+    real = io.atomic_path
+
+    @contextlib.contextmanager
+    def die_after_save(path):
+        with real(path) as tmp:
+            yield tmp
+        monkeypatch.setattr(io, "atomic_path", real)
+        raise Interrupted
+
+    monkeypatch.setattr(io, "atomic_path", die_after_save)
+    with pytest.raises(Interrupted):  # seed 0 alone: killed just after its step-15 save
+        train.train_runs(encoded, 1, 6, [0], config(), [paths[0]], progress=False)
+    assert paths[0].exists() and not paths[1].exists()
+    resumed = train.train_runs(encoded, 1, 6, [0, 1], config(), paths, progress=False)
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        np.testing.assert_allclose(a.theta.values, b.theta.values, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(a.loss.values, b.loss.values, rtol=1e-12)
+    assert resumed[0].attrs["ensemble_size"] == 1  # the resumed one trained on alone
+
+
+def test_a_pack_is_trained_once_and_linked_back_from_the_cache(encoded, tmp_path):
+    outputs = [tmp_path / f"s{s}/trajectory.nc" for s in (0, 1)]
+    cache = tmp_path / "cache"
+    cfg = config(steps=10, pack=2)
+    assert not train.train_pack(encoded, 1, 4, [0, 1], cfg, outputs, cache)
+    first = [p.read_bytes() for p in outputs]
+    assert sorted(p.name.split(".")[0] for p in cache.iterdir()) == ["d1_w4_s0", "d1_w4_s1"]
+    for p in outputs:  # what Snakemake does before it re-runs a job (dvc repro: once per run)
+        p.unlink()
+    assert train.train_pack(encoded, 1, 4, [0, 1], cfg, outputs, cache)
+    assert [p.read_bytes() for p in outputs] == first
+    assert not list(tmp_path.rglob("*.ckpt.pt"))
+    # another lr is another result: trained, and the stale entries are replaced
+    assert not train.train_pack(encoded, 1, 4, [0, 1], config(steps=10, pack=2, lr=0.1), outputs, cache)
+    assert len(list(cache.iterdir())) == 2
+    assert [p.read_bytes() for p in outputs] != first
+    # another pack composition changes round-off, so it is not served from the cache either
+    assert not train.train_pack(encoded, 1, 4, [0], config(steps=10, lr=0.1), outputs[:1], cache)
