@@ -70,8 +70,8 @@ def test_each_member_has_the_loss_and_gradient_of_its_own_network(encoded, depth
 def plain_sgd(enc, depth, width, seed, cfg, steps):
     """Per-model training written out with nn.RNN + autograd: the trajectory a member must follow."""
     batch = training_batch(enc)
-    specs = model.param_specs("rnn_tanh", depth, width, VOCAB)
-    net = model.RNNModel("rnn_tanh", depth, width, VOCAB).to(F64)
+    specs = model.param_specs(cfg.cell, depth, width, VOCAB)
+    net = model.RNNModel(cfg.cell, depth, width, VOCAB).to(F64)
     theta = model.init_theta(specs, width, seed, F64, CPU)
     with torch.no_grad():
         for param, view in zip(net.parameters(), model.split_flat(theta, specs), strict=True):
@@ -112,6 +112,17 @@ def test_packed_runs_follow_plain_per_model_sgd_in_float64(encoded, depth, width
     for a, b in zip(alone, runs, strict=True):
         np.testing.assert_allclose(a.loss.values, b.loss.values, rtol=1e-12)
         np.testing.assert_allclose(a.heldout_loss.values, b.heldout_loss.values, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gru_and_lstm_packs_follow_plain_per_model_sgd(encoded, cell):
+    cfg = config(cell=cell, steps=12)
+    runs = train.train_runs(encoded, 1, 4, [0, 1], cfg, progress=False)
+    for seed, run in zip([0, 1], runs, strict=True):
+        plain = plain_sgd(encoded, 1, 4, seed, cfg, cfg.steps)
+        for k, step in enumerate(run.step.values):
+            got = torch.as_tensor(run.theta.values[0, 0, 0, k], dtype=F64)
+            assert (got - plain[int(step)].float().double()).abs().max().item() == 0.0, (seed, step)
 
 
 def test_float32_pack_matches_single_runs_to_round_off(encoded):

@@ -30,6 +30,8 @@ from torch import Tensor
 
 from bachglass.model import Batch, HeadLayout, param_specs
 
+HEAD_BYTES = 4 << 20  # logits per readout chunk on CPU: about L2-L3 sized; on a GPU all members at once
+
 
 class StackedBatch(NamedTuple):
     """The inputs and targets of one step for all members: one shared batch, or one per member.
@@ -38,7 +40,8 @@ class StackedBatch(NamedTuple):
     Rows are chorale-major, row = b·T + t, so that cutting a batch out of the corpus is a gather.
     """
 
-    x: Tensor  # (M, B·T, n_io) one-hot inputs; 0 on padding
+    x: Tensor | None  # (1, B·T, n_io) one-hot inputs of a shared batch (0 on padding); None per member
+    inputs: Tensor  # (M, B·T, 4) int64 the 4 hot input columns; n_io (a zero row) on padding
     slots: Tensor  # (M, B·T, 4) int64 target slot in the padded (4·n_max) head layout
     weight: Tensor  # (M, B·T) 1/(number of scored notes) on scored rows, 0 elsewhere
     n_batch: int
@@ -47,16 +50,21 @@ class StackedBatch(NamedTuple):
     @property
     def shared(self) -> bool:
         """Whether every member sees the same batch."""
-        return self.x.shape[0] == 1
+        return self.slots.shape[0] == 1
 
 
 class Corpus:
     """Chorales as per-chorale tensors, from which the stacked batches of a step are cut."""
 
     def __init__(self, batch: Batch, layout: HeadLayout) -> None:
-        n_voices = batch.y.shape[2]
+        n_voices, n_io = batch.y.shape[2], layout.n_io
         self.n_chorales = batch.y.shape[1]
         self.x = batch.x.transpose(0, 1).contiguous()  # (C, T, n_io)
+        hot = []  # each voice's hot input column, or n_io on padding
+        for offset, size in zip(layout.offsets.tolist(), layout.vocab_sizes, strict=True):
+            block = self.x[..., offset : offset + size]
+            hot.append(torch.where(block.sum(dim=2) > 0, block.argmax(dim=2) + offset, n_io))
+        self.inputs = torch.stack(hot, dim=2)  # (C, T, 4)
         offsets = torch.arange(n_voices, device=batch.y.device) * layout.n_max
         # unscored rows get a harmless slot (token 0) and weight 0
         self.slots = (batch.y.clamp(min=0) + offsets).transpose(0, 1).contiguous()  # (C, T, 4)
@@ -67,11 +75,13 @@ class Corpus:
         """Cut the batch of chorales ``idx`` (M, B): row m is member m's batch (M = 1: shared)."""
         n_sets, n_batch = idx.shape
         n_steps, flat = self.x.shape[1], idx.reshape(-1)
-        x = self.x.index_select(0, flat).view(n_sets, n_batch * n_steps, -1)
-        slots = self.slots.index_select(0, flat).view(n_sets, n_batch * n_steps, -1)
-        scored = self.scored.index_select(0, flat).view(n_sets, n_batch * n_steps).to(x.dtype)
+        rows = (n_sets, n_batch * n_steps)
+        x = self.x.index_select(0, flat).view(*rows, -1) if n_sets == 1 else None
+        inputs = self.inputs.index_select(0, flat).view(*rows, -1)
+        slots = self.slots.index_select(0, flat).view(*rows, -1)
+        scored = self.scored.index_select(0, flat).view(rows).to(self.x.dtype)
         weight = scored / (scored.sum(dim=1, keepdim=True) * slots.shape[2])  # 1 / scored notes
-        return StackedBatch(x, slots, weight, n_batch, n_steps)
+        return StackedBatch(x, inputs, slots, weight, n_batch, n_steps)
 
 
 class _Buffers:
@@ -83,14 +93,26 @@ class _Buffers:
     """
 
     def __init__(
-        self, n_batch: int, n_steps: int, depth: int, n_members: int, width: int, n_pad: int, like: Tensor
+        self,
+        n_batch: int,
+        n_steps: int,
+        depth: int,
+        n_members: int,
+        width: int,
+        n_pad: int,
+        like: Tensor,
+        head_bytes: int | None,
     ) -> None:
         self.s = [like.new_full((n_steps + 1, n_members, n_batch, width), 0.5) for _ in range(depth)]
         self.dh, self.dtanh = (like.new_empty(n_steps, n_members, n_batch, width) for _ in range(2))
         rows = (n_members, n_batch * n_steps)
         self.u = [like.new_empty(*rows, width) for _ in range(depth)]  # each layer's h_1..h_T, member-major
         self.ds, self.hprev = like.new_empty(*rows, width), like.new_empty(*rows, width)  # δ, h_0..h_{T-1}
-        self.z = like.new_empty(*rows, n_pad)  # logits, then log-softmax, then dL/dz
+        chunk = (
+            n_members if head_bytes is None else max(1, head_bytes // (rows[1] * n_pad * like.element_size()))
+        )
+        self.z = like.new_empty(min(chunk, n_members), rows[1], n_pad)  # logits, log-softmax, dL/dz
+        self.hot = like.new_empty(0, dtype=torch.int64)  # layer 0's gathered table rows (per-member batches)
         # Per-step views made once: indexing inside the time loop would cost a dispatch per step.
         dh, dtanh = self.dh.unbind(0), self.dtanh.unbind(0)
         self.forward_steps = [list(zip(s.unbind(0)[:-1], s.unbind(0)[1:], strict=True)) for s in self.s]
@@ -123,14 +145,23 @@ class EnsembleEngine:
         self.w_pad = theta.new_zeros(n_members, self.n_pad, width)  # pad rows stay 0
         self.b_pad = theta.new_full((n_members, 1, self.n_pad), float("-inf"))
         self.const = [theta.new_empty(n_members, 1, width) for _ in range(depth)]  # see _forward
-        self.w_in = theta.new_empty(n_members * width, sum(layout.vocab_sizes))  # layer-0 W_ih, (S·w, I)
+        n_io = layout.n_io
+        self.w_in = theta.new_empty(n_members * width, n_io)  # layer-0 W_ih of all members, (S·w, I)
+        # per-member batches: layer 0's input part is a sum of 4 rows of W_ihᵀ (the hot columns), so
+        # gather them from a table of every member's W_ihᵀ plus a zero row (padding), not a GEMM with
+        # the one-hots; the gradient is the matching scatter-add
+        self.table = theta.new_zeros(n_members, n_io + 1, width)
+        self.g_table = theta.new_zeros(n_members, n_io + 1, width)
+        self.table_base = torch.arange(n_members, device=theta.device).view(-1, 1, 1) * (n_io + 1)
+        # the readout and softmax go member by member in chunks that stay in cache (CPU)
+        self.head_bytes = HEAD_BYTES if theta.device.type == "cpu" else None
         self.minus_one = theta.new_tensor(-1.0)
         self._buffers: dict[tuple[int, int], _Buffers] = {}
 
     def _buffers_for(self, batch: StackedBatch) -> _Buffers:
         key = (batch.n_batch, batch.n_steps)
         if key not in self._buffers:
-            args = (self.depth, self.n_members, self.width, self.n_pad, self.theta)
+            args = (self.depth, self.n_members, self.width, self.n_pad, self.theta, self.head_bytes)
             self._buffers[key] = _Buffers(*key, *args)
         return self._buffers[key]
 
@@ -167,9 +198,13 @@ class EnsembleEngine:
                 self.w_in.view(n_members, width, -1).copy_(w_ih)
                 proj = batch.x[0] @ self.w_in.t()  # (B·T, S·w)
                 proj = proj.view(batch.n_batch, batch.n_steps, n_members, width).permute(1, 2, 0, 3)
+            elif layer == 0:
+                self.table[:, :-1].copy_(w_ih.transpose(1, 2))
+                buf.hot = (batch.inputs + self.table_base).view(-1, batch.inputs.shape[2])
+                proj = torch.nn.functional.embedding_bag(buf.hot, self.table.view(-1, width), mode="sum")
+                proj = self._time_major(proj.view(n_members, -1, width), batch)
             else:
-                below = batch.x if layer == 0 else buf.u[layer - 1]
-                proj = self._time_major(torch.bmm(below, w_ih.transpose(1, 2)), batch)
+                proj = self._time_major(torch.bmm(buf.u[layer - 1], w_ih.transpose(1, 2)), batch)
             s = buf.s[layer]
             torch.add(const, proj, alpha=2, out=s[1:])
             w_hh_t = w_hh.transpose(1, 2)
@@ -185,25 +220,44 @@ class EnsembleEngine:
 
     def _readout(self, batch: StackedBatch, buf: _Buffers, grad: bool) -> Tensor:
         """Losses from the top states; with ``grad``, readout gradients and dL/dh of the top layer."""
-        n_voices, n_max = len(self.layout.vocab_sizes), self.layout.n_max
         self.w_pad.index_copy_(1, self.columns, self.w_out)
         self.b_pad.squeeze(1).index_copy_(1, self.columns, self.b_out)
-        top = buf.u[-1]
-        z = torch.baddbmm(self.b_pad, top, self.w_pad.transpose(1, 2), out=buf.z)  # (S, B·T, P)
+        loss = self.theta.new_empty(self.n_members)
+        chunk = buf.z.shape[0]
+        for start in range(0, self.n_members, chunk):
+            members = slice(start, min(start + chunk, self.n_members))
+            loss[members] = self._readout_chunk(batch, buf, members, grad)
+        return loss
+
+    def _readout_chunk(self, batch: StackedBatch, buf: _Buffers, members: slice, grad: bool) -> Tensor:
+        """:meth:`_readout` for the members ``members``."""
+        n_voices, n_max = len(self.layout.vocab_sizes), self.layout.n_max
+        size = members.stop - members.start
+        top, w_pad = buf.u[-1][members], self.w_pad[members]
+        z = torch.baddbmm(self.b_pad[members], top, w_pad.transpose(1, 2), out=buf.z[:size])  # (k, B·T, P)
         heads = z.view(*z.shape[:2], n_voices, n_max)
-        torch.log_softmax(heads, dim=3, out=heads)
-        slots = batch.slots.expand(self.n_members, -1, -1)
-        picked = z.gather(2, slots).sum(dim=2)  # (S, B·T) Σ_voices log p(target)
-        loss = (picked * batch.weight).sum(dim=1).neg_()
+        torch.log_softmax(heads, dim=3, out=heads)  # (a softmax over groups of n_max is slower here)
+        own = slice(0, 1) if batch.shared else members
+        slots, weight = batch.slots[own].expand(size, -1, -1), batch.weight[own]
+        picked = z.gather(2, slots).sum(dim=2)  # (k, B·T) Σ_voices log p(target)
+        loss = (picked * weight).sum(dim=1).neg_()
         if not grad:
             return loss
-        g = z.exp_()  # softmax; dL/dz = (softmax - onehot) · weight
-        g.scatter_add_(2, slots, self.minus_one.expand(slots.shape))
-        g.mul_(batch.weight.unsqueeze(2))
-        g_w_out, g_b_out = self.g_out
-        g_w_out.copy_(torch.bmm(top.transpose(1, 2), g).index_select(2, self.columns).transpose(1, 2))
-        g_b_out.copy_(g.sum(dim=1).index_select(1, self.columns))
-        buf.dh.copy_(self._time_major(torch.bmm(g, self.w_pad), batch))  # dL/dh of the top layer
+        # dL/dz = (softmax - onehot)·weight per row; the row weights go on the thin (B·T, w) side of
+        # each GEMM instead of over the (B·T, P) probabilities
+        g = z.exp_().scatter_add_(2, slots, self.minus_one.expand(slots.shape))
+        g_w_out, g_b_out = (g[members] for g in self.g_out)
+        weighted_top = top * weight.unsqueeze(2)  # (k, B·T, w)
+        g_w_out.copy_(
+            torch.bmm(weighted_top.transpose(1, 2), g).index_select(2, self.columns).transpose(1, 2)
+        )
+        g_b_out.copy_(
+            torch.bmm(weight.expand(size, -1).unsqueeze(1), g).squeeze(1).index_select(1, self.columns)
+        )
+        d_top = (
+            torch.bmm(g, w_pad).mul_(weight.unsqueeze(2)).view(size, batch.n_batch, batch.n_steps, self.width)
+        )
+        buf.dh[:, members].copy_(d_top.permute(2, 0, 1, 3))  # dL/dh of the top layer
         return loss
 
     def _backward(self, batch: StackedBatch, buf: _Buffers) -> None:
@@ -229,9 +283,14 @@ class EnsembleEngine:
             if layer == 0 and batch.shared:  # (I, B·T) @ (B·T, S·w), one GEMM for all members
                 d_rows = buf.dh.permute(2, 0, 1, 3).reshape(batch.n_batch * batch.n_steps, n_members * width)
                 g_w_ih.copy_((batch.x[0].t() @ d_rows).view(-1, n_members, width).permute(1, 2, 0))
+            elif layer == 0:  # scatter-add δ into the rows that layer 0 gathered
+                table = self.g_table.view(-1, width)
+                table.zero_()
+                for voice in range(buf.hot.shape[1]):
+                    table.index_add_(0, buf.hot[:, voice], ds.view(-1, width))
+                g_w_ih.copy_(self.g_table[:, :-1].transpose(1, 2))
             else:
-                below = batch.x if layer == 0 else buf.u[layer - 1]
-                g_w_ih.copy_(torch.bmm(ds.transpose(1, 2), below))
+                g_w_ih.copy_(torch.bmm(ds.transpose(1, 2), buf.u[layer - 1]))
             if layer > 0:  # dL/dh of the layer below
                 buf.dh.copy_(self._time_major(torch.bmm(ds, w_ih), batch))
 

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -221,11 +222,15 @@ class _ReferenceStack:
         self.engines = [model.ReferenceEngine(cell, depth, width, layout, row) for row in theta]
 
     def _batch(self, batch: StackedBatch, m: int) -> model.Batch:
+        """Member ``m``'s batch in the reference layout (time-major one-hots and targets)."""
         m = 0 if batch.shared else m
-        rows = (batch.n_steps, batch.n_batch)
+        n_io = self.layout.n_io
+        x = self.theta.new_zeros(batch.inputs.shape[1], n_io + 1).scatter_(1, batch.inputs[m], 1.0)
         offsets = torch.arange(batch.slots.shape[2], device=self.theta.device) * self.layout.n_max
         y = torch.where(batch.weight[m].unsqueeze(1) > 0, batch.slots[m] - offsets, -1)
-        return model.make_batch(batch.x[m].view(*rows, -1), y.view(*rows, -1), self.layout)
+        rows = (batch.n_batch, batch.n_steps)  # rows are b·T + t
+        x, y = x[:, :n_io].view(*rows, -1).transpose(0, 1), y.view(*rows, -1).transpose(0, 1)
+        return model.make_batch(x, y, self.layout)
 
     def loss(self, batch: StackedBatch) -> torch.Tensor:
         """Losses (S,) of ``batch``."""
@@ -290,6 +295,7 @@ class Ensemble:
         self.clipped = theta.new_zeros(len(seeds))  # clipped steps since the last record, per run
         self.active = theta.new_ones(len(seeds))  # 0 once a run has diverged: its θ is frozen
         self.step, self.last_record, self.n_stopped = 0, 0, 0
+        self.record_seconds = 0.0  # time spent on checkpoint records (losses, snapshots)
 
     def next_batch(self) -> StackedBatch:
         """Return this step's batch: the full training set, or each run's next minibatch."""
@@ -311,6 +317,7 @@ class Ensemble:
 
         ``losses`` are this step's full-batch training losses when the step already computed them.
         """
+        start = time.perf_counter()
         losses = self.engine.loss(self.data.full) if losses is None else losses
         self.diverge(losses, step)
         heldout = None if self.data.heldout is None else self.engine.loss(self.data.heldout).tolist()
@@ -330,6 +337,7 @@ class Ensemble:
                 member.records[key].append(value)
         self.clipped.zero_()
         self.last_record = step
+        self.record_seconds += time.perf_counter() - start
 
     def sgd_step(self, record: bool) -> torch.Tensor:
         """Take SGD step ``self.step`` for every live run (recording θ before it first); return the losses.
@@ -406,8 +414,15 @@ def _train(
         mininterval=interval,
         maxinterval=max(interval, 10.0),
     )
+    start, first = time.perf_counter(), ens.step
     with bar:
         _loop(ens, grid, checkpoints, identities, bar)
+    seconds = time.perf_counter() - start
+    log.info(
+        "%s: %d steps x %d runs in %.1f s (%.0f model-steps/s); checkpoint records took %.2f s (%.2f %%)",
+        *(name, ens.step - first, len(ens.members), seconds, (ens.step - first) * len(ens.members) / seconds),
+        *(ens.record_seconds, 100 * ens.record_seconds / seconds),
+    )
     for member, identity in zip(ens.members, identities, strict=True):
         if member.diverged_step >= 0:
             k = member.diverged_step
