@@ -140,6 +140,23 @@ def matmul_peak(device: torch.device) -> float:
     return 2 * 2048**3 / min(runs) / 1e9
 
 
+def markdown(rows: list[dict], impls: list[str], peak: float) -> str:
+    """The table as Markdown: model-steps/s (× plain) per (d, w), then the plain and best GFLOP/s."""
+    head = "| (d, w) | " + " | ".join(impls) + " | plain GFLOP/s (% peak) | best GFLOP/s (% peak) |"
+    lines = [head, "|" + "---|" * (len(impls) + 3)]
+    for depth, width in dict.fromkeys((r["depth"], r["width"]) for r in rows):
+        cells = {r["impl"]: r for r in rows if (r["depth"], r["width"]) == (depth, width)}
+        best = max(cells.values(), key=lambda r: r["model_steps_per_s"])
+        values = [
+            f"{cells[k]['model_steps_per_s']:.0f}"
+            + ("" if k == "plain" else f" (×{cells[k]['ratio_to_plain']:.1f})")
+            for k in impls
+        ]
+        values += [f"{r['gflops']:.1f} ({100 * r['fraction_of_peak']:.0f} %)" for r in (cells["plain"], best)]
+        lines.append(f"| ({depth}, {width}) | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Run the benchmark table, print it, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -213,6 +230,7 @@ def main() -> None:
             f"{100 * best['fraction_of_peak']:.0f}% of peak",
             flush=True,
         )
+    print(markdown(rows, list(impls), peak))
     out = args.out or Path("bench/results") / f"train_throughput_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
