@@ -48,8 +48,12 @@ def thetas(depth, width, seeds, dtype=F64):
     return torch.stack([model.init_theta(specs, width, s, dtype, CPU) for s in seeds])
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("depth", [1, 2, 3])
-def test_each_member_has_the_loss_and_gradient_of_its_own_network(encoded, depth):
+def test_each_member_has_the_loss_and_gradient_of_its_own_network(encoded, depth, chunked, monkeypatch):
+    if chunked:  # the readout in chunks of 2 members (then 1): the CPU path for long sequences
+        logits = 6 * 13 * 4 * max(VOCAB) * 8  # one member's (B·T, P) float64 logits
+        monkeypatch.setattr(ensemble, "HEAD_BYTES", 2 * logits + 1)
     layout, batch = model.HeadLayout(VOCAB), training_batch(encoded)
     corpus = ensemble.Corpus(batch, layout)
     stacked = thetas(depth, 7, [0, 1, 2])
@@ -166,7 +170,8 @@ class Interrupted(Exception):
 
 
 def test_runs_interrupted_at_different_steps_resume_as_separate_cohorts(encoded, tmp_path, monkeypatch):
-    uninterrupted = train.train_runs(encoded, 1, 6, [0, 1], config(), progress=False)
+    cfg = config(clip_norm=0.2)  # clipped in some steps, not in others
+    uninterrupted = train.train_runs(encoded, 1, 6, [0, 1], cfg, progress=False)
     paths = [tmp_path / "s0.ckpt.pt", tmp_path / "s1.ckpt.pt"]
     real = io.atomic_path
 
@@ -179,30 +184,48 @@ def test_runs_interrupted_at_different_steps_resume_as_separate_cohorts(encoded,
 
     monkeypatch.setattr(io, "atomic_path", die_after_save)
     with pytest.raises(Interrupted):  # seed 0 alone: killed just after its step-15 save
-        train.train_runs(encoded, 1, 6, [0], config(), [paths[0]], progress=False)
+        train.train_runs(encoded, 1, 6, [0], cfg, [paths[0]], progress=False)
     assert paths[0].exists() and not paths[1].exists()
-    resumed = train.train_runs(encoded, 1, 6, [0, 1], config(), paths, progress=False)
+    resumed = train.train_runs(encoded, 1, 6, [0, 1], cfg, paths, progress=False)
     for a, b in zip(resumed, uninterrupted, strict=True):
         np.testing.assert_allclose(a.theta.values, b.theta.values, rtol=0, atol=1e-12)
         np.testing.assert_allclose(a.loss.values, b.loss.values, rtol=1e-12)
+        np.testing.assert_array_equal(a.clip_fraction.values, b.clip_fraction.values)
+        fraction = a.clip_fraction.values
+        assert ((fraction > 0) & (fraction < 1)).any()  # clipping on and off between checkpoints
     assert resumed[0].attrs["ensemble_size"] == 1  # the resumed one trained on alone
 
 
-def test_a_pack_is_trained_once_and_linked_back_from_the_cache(encoded, tmp_path):
-    outputs = [tmp_path / f"s{s}/trajectory.nc" for s in (0, 1)]
+def test_under_dvc_a_pack_is_trained_once_and_taken_from_the_cache(encoded, tmp_path):
+    runs = [tmp_path / f"runs/d1_w4_s{s}/trajectory.nc" for s in (0, 1)]
     cache = tmp_path / "cache"
-    cfg = config(steps=10, pack=2)
-    assert not train.train_pack(encoded, 1, 4, [0, 1], cfg, outputs, cache)
-    first = [p.read_bytes() for p in outputs]
-    assert sorted(p.name.split(".")[0] for p in cache.iterdir()) == ["d1_w4_s0", "d1_w4_s1"]
-    for p in outputs:  # what Snakemake does before it re-runs a job (dvc repro: once per run)
-        p.unlink()
-    assert train.train_pack(encoded, 1, 4, [0, 1], cfg, outputs, cache)
-    assert [p.read_bytes() for p in outputs] == first
+    cfg = config(steps=40, pack=2)  # resume_every 15: checkpoints are written, then removed
+    # the job of run 0 trains the pack, writes its own run and leaves run 1 in the cache
+    assert not train.train_pack(encoded, 1, 4, [0, 1], cfg, runs, [runs[0]], cache)
+    assert runs[0].exists() and not runs[1].exists()
+    assert [p.name.split(".")[0] for p in cache.iterdir()] == ["runs-d1_w4_s1"]
     assert not list(tmp_path.rglob("*.ckpt.pt"))
-    # another lr is another result: trained, and the stale entries are replaced
-    assert not train.train_pack(encoded, 1, 4, [0, 1], config(steps=10, pack=2, lr=0.1), outputs, cache)
-    assert len(list(cache.iterdir())) == 2
-    assert [p.read_bytes() for p in outputs] != first
-    # another pack composition changes round-off, so it is not served from the cache either
-    assert not train.train_pack(encoded, 1, 4, [0], config(steps=10, lr=0.1), outputs[:1], cache)
+    # the job of run 1 takes it from there: the bytes of training both together, without training
+    assert train.train_pack(encoded, 1, 4, [0, 1], cfg, runs, [runs[1]], cache)
+    assert not list(cache.iterdir())
+    together = [tmp_path / f"both/s{s}.nc" for s in (0, 1)]
+    train.train_pack(encoded, 1, 4, [0, 1], cfg, together, together, None)
+    assert [p.read_bytes() for p in runs] == [p.read_bytes() for p in together]
+
+
+def test_the_cache_never_serves_a_file_of_other_params_or_another_pack(encoded, tmp_path):
+    runs = [tmp_path / f"runs/d1_w4_s{s}/trajectory.nc" for s in (0, 1, 2)]
+    cache = tmp_path / "cache"
+    train.train_pack(encoded, 1, 4, [0, 1], config(steps=10, pack=2), runs[:2], [runs[0]], cache)
+    # other lr: trained anew, and the stale entry of run 1 is replaced
+    assert not train.train_pack(
+        encoded, 1, 4, [0, 1], config(steps=10, pack=2, lr=0.1), runs[:2], [runs[0]], cache
+    )
+    assert len(list(cache.iterdir())) == 1
+    # run 1 in another pack (round-off differs) or with another pack size (params differ): not served
+    assert not train.train_pack(
+        encoded, 1, 4, [1, 2], config(steps=10, pack=2, lr=0.1), runs[1:], [runs[1]], cache
+    )
+    assert not train.train_pack(
+        encoded, 1, 4, [0, 1], config(steps=10, pack=3, lr=0.1), runs[:2], [runs[1]], cache
+    )

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import math
-import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +32,7 @@ from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
 
+CHECK_EVERY = 50  # steps between divergence checks on a GPU (each waits for the queued work)
 MODULES = ("model", "ensemble", "train")  # code whose hash goes into the provenance
 ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what train_run reads of encoded.nc
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -163,43 +164,50 @@ def train_pack(
     width: int,
     seeds: list[int],
     config: TrainConfig,
-    outputs: list[Path],
+    runs: list[Path],
+    wanted: list[Path],
     cache: Path | None,
 ) -> bool:
-    """Train a pack of runs and write each trajectory to its output; True if restored from ``cache``.
+    """Train the pack ``seeds`` (trajectory files ``runs``) and write the ``wanted`` ones; True if cached.
 
-    A job that trains a pack writes several files, and ``dvc repro`` re-runs it once per run (its
-    stages are per run, and DVC deletes a stage's outputs before running it). So each trajectory is
-    also hard-linked into ``cache`` under a key of everything that determines its bytes (identity
-    and pack); a job whose runs are all there links them back instead of training again. Keys are
-    content addresses, so an entry is never stale; older entries of the same run are removed.
+    A job writes what its rule declares: every run of the pack (Snakemake), or its own run only
+    (``dvc repro``, whose stages are per run). There the first job of a pack trains all of it and
+    puts the other runs' trajectories in ``cache``, named by a key of everything that determines
+    their bytes (identity, pack, provenance), and the next jobs take them from there instead of
+    training again. A key never matches a stale file; older entries of a run are removed.
     """
-    keys = [
-        hashlib.sha256(json.dumps(identity | {"pack": seeds}, sort_keys=True).encode()).hexdigest()[:20]
-        for identity in run_identities(encoded, depth, width, seeds, config)
-    ]
-    entries = [
-        None if cache is None else cache / f"d{depth}_w{width}_s{seed}.{key}.nc"
-        for seed, key in zip(seeds, keys, strict=True)
-    ]
-    if all(entry is not None and entry.exists() for entry in entries):
-        for entry, output in zip(entries, outputs, strict=True):
-            with io.atomic_path(output) as tmp:
-                os.link(entry, tmp)
+    identities = run_identities(encoded, depth, width, seeds, config)
+    entries = {}
+    for seed, run, identity in zip(seeds, runs, identities, strict=True):
+        params = {"train": asdict(config), "depth": depth, "width": width, "seed": seed}
+        what = {"identity": identity, "pack": seeds, "provenance": io.provenance(params, MODULES)}
+        key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+        if cache is not None:
+            entries[run] = cache / f"{run.parent.parent.name}-{run.parent.name}.{key}.nc"
+    if entries and all(entries[run].exists() for run in wanted):
+        for run in wanted:
+            with io.atomic_path(run) as tmp:
+                shutil.move(entries[run], tmp)
         log.info(
-            "d%d_w%d seeds %s: identical runs found in %s, linked, not trained", depth, width, seeds, cache
+            "d%d_w%d seeds %s: taken from %s (trained with the pack %s), not trained",
+            depth,
+            width,
+            [seeds[runs.index(r)] for r in wanted],
+            cache,
+            seeds,
         )
         return True
-    checkpoints = [io.checkpoint_path(output) for output in outputs]
-    runs = train_runs(encoded, depth, width, seeds, config, checkpoints)
-    for run, output, checkpoint, entry in zip(runs, outputs, checkpoints, entries, strict=True):
-        io.write_netcdf(run, output)
+    checkpoints = [io.checkpoint_path(run) for run in runs]
+    trajectories = train_runs(encoded, depth, width, seeds, config, checkpoints)
+    for run, trajectory in zip(runs, trajectories, strict=True):
+        if run in wanted:
+            io.write_netcdf(trajectory, run)
+        elif run in entries:
+            for old in entries[run].parent.glob(entries[run].name.split(".")[0] + ".*.nc"):
+                old.unlink(missing_ok=True)
+            io.write_netcdf(trajectory, entries[run])
+    for checkpoint in checkpoints:  # only once every trajectory is safely written
         remove_checkpoint(checkpoint)
-        if entry is not None:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            for old in entry.parent.glob(entry.name.split(".")[0] + ".*.nc"):
-                old.unlink()
-            os.link(output, entry)
     return False
 
 
@@ -294,6 +302,7 @@ class Ensemble:
         theta = engine.theta
         self.clipped = theta.new_zeros(len(seeds))  # clipped steps since the last record, per run
         self.active = theta.new_ones(len(seeds))  # 0 once a run has diverged: its θ is frozen
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, losses) not yet checked (GPU)
         self.step, self.last_record, self.n_stopped = 0, 0, 0
         self.record_seconds = 0.0  # time spent on checkpoint records (losses, snapshots)
 
@@ -303,6 +312,25 @@ class Ensemble:
             return self.data.full
         idx = np.stack([m.next_indices(self.n_train, self.batch_size) for m in self.members])
         return self.data.train.select(torch.as_tensor(idx, device=self.engine.theta.device))
+
+    def watch(self, losses: torch.Tensor, step: int) -> None:
+        """Check this step's ``losses`` for divergence: now on CPU, in batches on a GPU.
+
+        Reading a value back from a GPU waits for all queued work, so there the losses of
+        ``CHECK_EVERY`` steps are checked together (and before any record or save): a run that
+        diverged goes on for a few steps in NaN, on its own, and is then stopped at its first
+        non-finite step as if checked at once.
+        """
+        self.pending.append((step, losses))
+        if len(self.pending) >= (1 if losses.device.type == "cpu" else CHECK_EVERY):
+            self.flush()
+
+    def flush(self) -> None:
+        """Stop every run whose loss became non-finite in the steps not checked yet."""
+        pending, self.pending = self.pending, []
+        if pending and not bool(torch.isfinite(torch.stack([losses for _, losses in pending])).all()):
+            for step, losses in pending:
+                self.diverge(losses, step)
 
     def diverge(self, losses: torch.Tensor, step: int) -> None:
         """Stop the runs whose ``losses`` (S,) are not finite at ``step``: freeze θ (at 0) for good."""
@@ -318,6 +346,7 @@ class Ensemble:
         ``losses`` are this step's full-batch training losses when the step already computed them.
         """
         start = time.perf_counter()
+        self.flush()
         losses = self.engine.loss(self.data.full) if losses is None else losses
         self.diverge(losses, step)
         heldout = None if self.data.heldout is None else self.engine.loss(self.data.heldout).tolist()
@@ -345,7 +374,7 @@ class Ensemble:
         The losses (S,) are of this step's batches, at θ before the update.
         """
         losses, grad = self.engine.loss_grad(self.next_batch())
-        self.diverge(losses, self.step)  # a run whose batch loss is not finite records nothing more
+        self.watch(losses, self.step)  # a run whose batch loss is not finite records nothing more
         if record:
             self.record(self.step, losses if self.full_batch else None)
         self.update(grad)
@@ -447,6 +476,7 @@ def _loop(
     for step in range(start, steps + 1):
         ens.step = step
         if saving and start < step < steps and step % ens.config.resume_every == 0:
+            ens.flush()
             for path, m in saving:
                 with io.atomic_path(path) as tmp:
                     torch.save(ens.state(m, identities[m]), tmp)

@@ -99,6 +99,24 @@ def pack_outputs(run_pattern, seeds):
     return [f"{run_pattern}/trajectory.nc".replace("{seed}", str(seed)) for seed in seeds]
 
 
+def pack_job(run_pattern, all_seeds, seeds=None):
+    """Params function of a training job: its pack of seeds and the trajectory file of each.
+
+    `seeds` is the pack of a per-pack rule; without it (per-run rules under DVC) the pack is the one
+    that holds the requested seed.
+    """
+
+    def job(wildcards):
+        pack = seeds or next(
+            p for p in seed_packs(all_seeds, config["train"]["pack"]) if int(wildcards.seed) in p
+        )
+        where = {"depth": wildcards.depth, "width": wildcards.width}
+        runs = [f"{run_pattern}/trajectory.nc".format(**where, seed=seed) for seed in pack]
+        return {"pack": pack, "runs": runs}
+
+    return job
+
+
 def code(*modules):
     """Library modules whose content determines a rule's output (edits re-run the rule).
 

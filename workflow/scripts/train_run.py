@@ -1,5 +1,6 @@
-"""Train one pack of seeds of one (depth, width) and write each run's trajectory (rules train_run_s*)."""
+"""Train one pack of seeds of one (d, w); write the trajectories its rule asks for (rules train_run*)."""
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,19 +12,24 @@ from bachglass.errors import run_step
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-CACHE = Path("results/.train_cache")  # see train.train_pack: lets dvc repro run a pack once, not per run
+# Under dvc repro (DVC sets DVC_STAGE) a job writes its own run only and leaves the rest of its pack
+# here for the jobs of their stages (see workflow/rules/train.smk). Not a param: the two ways of
+# running must not look like different params to Snakemake.
+CACHE = Path("results/.train_cache") if "DVC_STAGE" in os.environ else None
 
 
 def main() -> None:
     """Map Snakemake's input/params/output onto one packed training; resume from checkpoints."""
     torch.set_num_threads(snakemake.threads)
+    job = snakemake.params.job
     train.train_pack(
         io.read_netcdf(snakemake.input.encoded, required=train.ENCODED_VARIABLES),
         depth=int(snakemake.wildcards.depth),
         width=int(snakemake.wildcards.width),
-        seeds=list(snakemake.params.seeds),
+        seeds=list(job["pack"]),
         config=train.TrainConfig(**snakemake.params.train),
-        outputs=[Path(path) for path in snakemake.output],
+        runs=[Path(run) for run in job["runs"]],
+        wanted=[Path(path) for path in snakemake.output],
         cache=CACHE,
     )
 
