@@ -130,3 +130,21 @@ def fits_config(**overrides):
         seed=0,
     )
     return FitsConfig(**(base | overrides))
+
+
+def train_config(**overrides):
+    """A TrainConfig for tiny synthetic runs on CPU: full batch, 60 steps, float32 unless overridden."""
+    from bachglass.train import TrainConfig
+
+    base = dict(
+        cell="rnn_tanh",
+        lr=0.5,
+        batch_size=None,
+        steps=60,
+        clip_norm=1.0,
+        checkpoints_per_decade=10,
+        resume_every=25,
+        dtype="float32",
+        device="cpu",
+    )
+    return TrainConfig(**(base | overrides))

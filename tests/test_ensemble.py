@@ -1,12 +1,11 @@
 """The batched ensemble: each member trains as plain per-model SGD of its seed would; packs, cache."""
 
 import contextlib
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_encoded
+from conftest import make_encoded, train_config
 
 from bachglass import ensemble, io, model, train
 
@@ -15,21 +14,15 @@ torch.set_num_threads(1)
 VOCAB = (5, 4, 5, 6)
 CPU = torch.device("cpu")
 F64 = torch.float64
-CONFIG = train.TrainConfig(
-    cell="rnn_tanh",
-    lr=0.5,
-    batch_size=4,
-    steps=40,
-    clip_norm=1.0,
-    checkpoints_per_decade=20,
-    resume_every=15,
-    dtype="float64",
-    device="cpu",
-)
 
 
 def config(**changes):
-    return dataclasses.replace(CONFIG, **changes)
+    """Minibatches of 4 of 6 chorales (epochs reshuffle), float64, resumable every 15 steps."""
+    base = dict(batch_size=4, steps=40, checkpoints_per_decade=20, resume_every=15, dtype="float64")
+    return train_config(**(base | changes))
+
+
+CONFIG = config()
 
 
 @pytest.fixture(scope="module")

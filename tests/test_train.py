@@ -1,12 +1,11 @@
 import contextlib
-import dataclasses
 import re
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import make_encoded
+from conftest import make_encoded, train_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,21 +15,7 @@ from bachglass.errors import DataError, ParamsError
 torch.set_num_threads(1)
 
 VOCAB = (5, 4, 5, 6)
-CONFIG = train.TrainConfig(
-    cell="rnn_tanh",
-    lr=0.5,
-    batch_size=None,
-    steps=60,
-    clip_norm=1.0,
-    checkpoints_per_decade=10,
-    resume_every=25,
-    dtype="float32",
-    device="cpu",
-)
-
-
-def config(**changes):
-    return dataclasses.replace(CONFIG, **changes)
+config = train_config
 
 
 @pytest.fixture(scope="module")
