@@ -1,7 +1,10 @@
 """Shared pytest fixtures and synthetic data builders."""
 
 # --- observables/figures: synthetic trajectories in the contract's trajectory.nc layout ---
+import contextlib
+
 import numpy as np
+import pytest
 import xarray as xr
 
 
@@ -148,3 +151,24 @@ def train_config(**overrides):
         device="cpu",
     )
     return TrainConfig(**(base | overrides))
+
+
+class Interrupted(Exception):
+    """Raised by ``die_after_first_save`` where a real run would have been killed."""
+
+
+@pytest.fixture
+def die_after_first_save(monkeypatch):
+    """Kill the run just after its first resumable checkpoint is in place (like kill -9)."""
+    from bachglass import io
+
+    real = io.atomic_path
+
+    @contextlib.contextmanager
+    def atomic_then_die(path):
+        with real(path) as tmp:
+            yield tmp
+        monkeypatch.setattr(io, "atomic_path", real)
+        raise Interrupted
+
+    monkeypatch.setattr(io, "atomic_path", atomic_then_die)

@@ -1,13 +1,11 @@
 """The batched ensemble: each member trains as plain per-model SGD of its seed would; packs, cache."""
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
-from conftest import make_encoded, train_config
+from conftest import Interrupted, make_encoded, train_config
 
-from bachglass import ensemble, io, model, train
+from bachglass import ensemble, model, train
 
 torch.set_num_threads(1)
 
@@ -158,24 +156,12 @@ def test_a_diverging_member_stops_alone(encoded, monkeypatch):
         np.testing.assert_array_equal(runs[m].loss.values, clean[m].loss.values)
 
 
-class Interrupted(Exception):
-    pass
-
-
-def test_runs_interrupted_at_different_steps_resume_as_separate_cohorts(encoded, tmp_path, monkeypatch):
+def test_runs_interrupted_at_different_steps_resume_as_separate_cohorts(
+    encoded, tmp_path, die_after_first_save
+):
     cfg = config(clip_norm=0.2)  # clipped in some steps, not in others
     uninterrupted = train.train_runs(encoded, 1, 6, [0, 1], cfg, progress=False)
     paths = [tmp_path / "s0.ckpt.pt", tmp_path / "s1.ckpt.pt"]
-    real = io.atomic_path
-
-    @contextlib.contextmanager
-    def die_after_save(path):
-        with real(path) as tmp:
-            yield tmp
-        monkeypatch.setattr(io, "atomic_path", real)
-        raise Interrupted
-
-    monkeypatch.setattr(io, "atomic_path", die_after_save)
     with pytest.raises(Interrupted):  # seed 0 alone: killed just after its step-15 save
         train.train_runs(encoded, 1, 6, [0], cfg, [paths[0]], progress=False)
     assert paths[0].exists() and not paths[1].exists()

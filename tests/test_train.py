@@ -1,11 +1,10 @@
-import contextlib
 import re
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import make_encoded, train_config
+from conftest import Interrupted, make_encoded, train_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,25 +24,6 @@ def encoded():
 
 def run(encoded, width=8, depth=2, seed=0, checkpoint=None, **changes):
     return train.train_run(encoded, depth, width, seed, config(**changes), checkpoint, False)
-
-
-class Interrupted(Exception):
-    pass
-
-
-@pytest.fixture
-def die_after_first_save(monkeypatch):
-    """Kill the run just after its first resumable checkpoint is in place (like kill -9)."""
-    real = io.atomic_path
-
-    @contextlib.contextmanager
-    def atomic_then_die(path):
-        with real(path) as tmp:
-            yield tmp
-        monkeypatch.setattr(io, "atomic_path", real)
-        raise Interrupted
-
-    monkeypatch.setattr(io, "atomic_path", atomic_then_die)
 
 
 # --- checkpoint grid ---
