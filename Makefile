@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    bootstrap .venv, then run the default study (snakemake --cores all)
-#   make test   bootstrap .venv, then the checks CI runs (lint, format, snakefmt, snakemake --lint, pytest)
+#   make test   bootstrap .venv, then the checks CI runs (lint, format, snakefmt, snakemake --lint, pytest);
+#               as root on Debian, pytest runs with a live SLURM cluster and sshd (tests/services/)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
-	$(BIN)/pytest
+	bash tests/services/with-services.sh $(BIN)/pytest
 
 clean-venv:
 	rm -rf $(VENV)

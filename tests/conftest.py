@@ -172,3 +172,14 @@ def die_after_first_save(monkeypatch):
         raise Interrupted
 
     monkeypatch.setattr(io, "atomic_path", atomic_then_die)
+
+
+# --- the tiny study, run once per session (test_workflow, test_remotes, test_slurm compare with it) ---
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the project that has run the tiny study with `snakemake --cores 2` (do not modify it)."""
+    from workflow_helpers import copy_project, run
+
+    repo = copy_project(tmp_path_factory.mktemp("smk"))
+    run(["snakemake", "--cores", "2"], repo)
+    return repo

@@ -10,7 +10,15 @@ import yaml
 from workflow_helpers import ROOT
 
 CONDA_NAME = {"pytorch": "torch"}  # conda-forge name -> PyPI name
-WORKFLOW_ONLY = {"snakemake", "dvc", "jsonschema", "pyyaml"}  # run by the driver, not in jobs
+WORKFLOW_ONLY = {  # run by the driver (and, for the SLURM plugins, its nested snakemake), not in jobs' envs
+    "snakemake",
+    "snakemake-executor-plugin-slurm",
+    "snakemake-executor-plugin-slurm-jobstep",
+    "dvc",
+    "dvc-ssh",
+    "jsonschema",
+    "pyyaml",
+}
 
 
 def requirement(spec: str) -> tuple[str, str]:

@@ -117,6 +117,20 @@ def pack_job(run_pattern, all_seeds, seeds=None):
     return job
 
 
+def inherit_profile_settings(family, rule_name):
+    """Give the generated training rule `rule_name` (train_run_s0_1_2) a profile's settings for `family`.
+
+    Profiles (set-resources, set-threads) and --set-resources name rules exactly, but the per-pack names
+    depend on the grid. So profiles name the family, e.g. train_run, which is also the name under dvc
+    repro; Snakemake applies the entries as it defines each rule (Workflow.rule), so we copy the
+    family's entries to the generated name just before. tests/test_slurm.py checks the sbatch requests.
+    """
+    settings = workflow.resource_settings
+    for parsed in (settings._parsed_overwrite_resources, settings._parsed_overwrite_threads):
+        if family in parsed:
+            parsed.setdefault(rule_name, parsed[family])
+
+
 def code(*modules):
     """Library modules whose content determines a rule's output (edits re-run the rule).
 

@@ -10,6 +10,8 @@ rule get_chorales:
         f"{LOGS}/get_chorales.log",
     benchmark:
         f"{BENCHMARKS}/get_chorales.tsv"
+    # On a cluster a download (data.source: url) runs where snakemake runs: compute nodes often have no internet.
+    localrule: config["data"]["source"] == "url"
     conda:
         "../../envs/data.yaml"
     params:

@@ -18,6 +18,7 @@ if not UNDER_DVC:
     # files must follow from the wildcards of any one of them.
     for train_rule, run_pattern, all_seeds, seeds, train_params in PACKS:
         pack = "_".join(map(str, seeds))
+        inherit_profile_settings(train_rule, f"{train_rule}_s{pack}")
 
         rule:
             name:

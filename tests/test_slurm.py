@@ -1,0 +1,178 @@
+"""The study on a live SLURM cluster through `snakemake --profile slurm`, as users run it on theirs.
+
+The cluster is the single-node one tests/services/with-services.sh starts (`make test` as root on Debian):
+slurmctld, slurmd and slurmdbd with accounting, and two GPUs declared as a GRES (the jobs see no CUDA device
+and train on the CPU). Elsewhere the live tests are skipped and say why.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import ROOT, copy_project, run
+
+LIVE = os.environ.get("BACHGLASS_SLURM")
+NO_SLURM = os.environ.get(
+    "BACHGLASS_SERVICES_SKIPPED",
+    "no test cluster: run the suite with `make test` (tests/services/with-services.sh starts one, as root)",
+)
+# What a user adapts to their site (the slurm profile's ADAPT lines) and what makes a 2-core CI node quick.
+# Everything else in the profiles is used as shipped.
+TEST_DEFAULTS = {"slurm_partition": "debug", "slurm_account": "ci", "mem_mb": 1000, "runtime": 10}
+TEST_SIZES = {"mem_mb": 1100, "runtime": 7}  # distinct, so that sacct shows they reached the jobs
+TEST_SETTINGS = {"jobs": 4, "latency-wait": 5, "retries": 0, "slurm-init-seconds-before-status-checks": 2}
+TRAIN_FAMILIES = ("train_run", "train_aging_run")
+
+
+def profile(name: str) -> dict:
+    return yaml.safe_load((ROOT / name / "config.yaml").read_text())
+
+
+def test_the_no_accounting_profile_is_the_slurm_profile_polled_with_squeue():
+    assert profile("slurm-squeue") == profile("slurm") | {"slurm-status-command": "squeue"}
+
+
+def test_the_slurm_profile_gives_every_training_job_a_gpu(tmp_path):
+    """Per-pack training rules (train_run_s0_1_2, ...) take the profile's settings for their family."""
+    repo = copy_project(tmp_path)
+    out = run(["snakemake", "-n", "--profile", "slurm", "--forceall"], repo).stdout
+    jobs = re.findall(r"^rule (\w+):\n(?:\s+.*\n)*?\s+resources: (.*)$", out, re.M)
+    trained = {rule for rule, _ in jobs if rule.startswith("train")}
+    assert trained == {"train_run_s0", "train_aging_run_s0_1"}  # tiny: one seed; the aging pair is one pack
+    for rule, resources in jobs:
+        res = dict(item.split("=", 1) for item in resources.split(", "))
+        family = rule.rsplit("_s", 1)[0] if rule.startswith("train") else None
+        if family:
+            wanted = profile("slurm")["set-resources"][family]
+            assert res["gpu"] == "1" and res["slurm_partition"] == wanted["slurm_partition"], rule
+            assert res["runtime"] == str(wanted["runtime"]), rule
+        else:
+            assert "gpu" not in res, rule
+
+
+def site_profile(repo: Path, name: str) -> None:
+    """Adapt the copy's profile `name` to the test cluster, as the README tells a user to."""
+    path = repo / name / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["default-resources"] |= TEST_DEFAULTS
+    for rule, resources in config["set-resources"].items():
+        sizes = TEST_SIZES if rule in TRAIN_FAMILIES else {"mem_mb": 1000}
+        resources |= {"slurm_partition": "debug"} | sizes
+    path.write_text(yaml.safe_dump(config | TEST_SETTINGS, sort_keys=False))
+
+
+def snakemake_on_slurm(repo: Path, name: str, *targets: str) -> subprocess.CompletedProcess[str]:
+    # timeout -k: Snakemake can ignore SIGTERM while it waits on jobs it lost track of
+    cmd = ["timeout", "-k", "30", "900", "snakemake", *targets, "--profile", name]
+    return run(cmd, repo, check=False)
+
+
+def accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """sacct's record of jobs: id -> State, AllocTRES, ReqMem, Timelimit, NodeList."""
+    fields = ["JobID", "State", "AllocTRES", "ReqMem", "Timelimit", "NodeList"]
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+    return {row["JobID"]: row for row in rows}
+
+
+def slurm_jobs(repo: Path) -> dict[str, str]:
+    """SLURM job id -> rule, from the plugin's job logs (results/logs/slurm/rule_<rule>/.../<id>.log)."""
+    logs = (repo / "results/logs/slurm").glob("rule_*/**/*.log")
+    return {log.stem: log.relative_to(repo / "results/logs/slurm").parts[0][5:] for log in logs}
+
+
+@pytest.fixture(scope="module")
+def cluster_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the project that has run the tiny study with `snakemake --profile slurm` on the cluster."""
+    repo = copy_project(tmp_path_factory.mktemp("slurm"))
+    site_profile(repo, "slurm")
+    proc = snakemake_on_slurm(repo, "slurm")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return repo, proc.stdout + proc.stderr
+
+
+live = pytest.mark.skipif(not LIVE, reason=NO_SLURM)
+
+
+@live
+@pytest.mark.slow
+def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
+    repo, log = cluster_study
+    jobs = slurm_jobs(repo)
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    assert sorted(jobs) == sorted(submitted) and len(jobs) == 18  # every job but `all`
+    records = accounting(list(jobs))
+    assert {r["State"] for r in records.values()} == {"COMPLETED"}, records
+    # each step's own log says which SLURM job ran it (provenance kept out of the NetCDF attrs: see DESIGN)
+    for job_id, rule in jobs.items():
+        logs = [p for p in (repo / "results/logs").rglob("*.log") if "results/logs/slurm" not in str(p)]
+        assert any(f"SLURM job {job_id} (debug)" in p.read_text() for p in logs), (job_id, rule)
+    fields = "JobID:6,Comment:44,State:11,TimeUsed:8,NodeList:6,tres-alloc:50"
+    pretty = subprocess.run(["squeue", "-t", "all", "-O", fields], capture_output=True, text=True).stdout
+    print(pretty)  # the evidence, for the record (pytest -s)
+    (repo / "results/logs/slurm/squeue.txt").write_text(pretty)
+
+
+@live
+@pytest.mark.slow
+def test_training_jobs_got_their_gpu_and_sizes_from_the_profile(cluster_study):
+    repo, _ = cluster_study
+    jobs = slurm_jobs(repo)
+    records = accounting(list(jobs))
+    training = {job_id for job_id, rule in jobs.items() if rule.startswith("train")}
+    assert {jobs[j] for j in training} == {"train_run_s0", "train_aging_run_s0_1"}
+    assert len(training) == 5  # four (depth, width) of the grid, one aging pack
+    for job_id, record in records.items():
+        assert ("gres/gpu=1" in record["AllocTRES"]) == (job_id in training), record
+        if job_id in training:
+            assert record["ReqMem"] == "1100M" and record["Timelimit"] == "00:07:00", record
+
+
+@live
+@pytest.mark.slow
+def test_cluster_results_equal_a_local_runs(cluster_study, tiny_study):
+    repo, _ = cluster_study
+    results = sorted(p.relative_to(tiny_study) for p in (tiny_study / "results").rglob("*.nc"))
+    assert len(results) == 16
+    for rel in results:
+        assert (repo / rel).read_bytes() == (tiny_study / rel).read_bytes(), rel
+
+
+@live
+@pytest.mark.slow
+def test_dvc_commit_records_the_cluster_run(cluster_study, tmp_path):
+    repo = shutil.copytree(cluster_study[0], tmp_path / "repo", symlinks=True)
+    run(["dvc", "commit", "--force", "--quiet"], repo)
+    assert run(["dvc", "status", "--quiet"], repo, check=False).returncode == 0
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert {"train@1-8-0", "train_aging@1-8-1", "figures"} <= set(lock["stages"])
+    assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout
+
+
+@live
+@pytest.mark.slow
+def test_a_failing_job_is_reported_failed_without_accounting(cluster_study, tmp_path):
+    """A job that fails inside SLURM fails the run, named with its SLURM state; the rest is kept."""
+    repo = shutil.copytree(cluster_study[0], tmp_path / "repo", symlinks=True)
+    site_profile(repo, "slurm-squeue")
+    study = (repo / "results/study.nc").read_bytes()
+    (repo / "results/data/chorales/chorales.json").write_text(json.dumps({"not": "chorales"}))
+    proc = snakemake_on_slurm(repo, "slurm-squeue", "results/data/encoded.nc")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    failed = re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: 'FAILED'", out)
+    assert len(failed) == 1, out
+    assert accounting(failed)[failed[0]]["State"] == "FAILED"
+    log = (repo / "results/logs/encode_chorales.log").read_text()
+    assert f"SLURM job {failed[0]}" in log and "chorales.json: no 'chorales' list" in log, log
+    assert (repo / "results/study.nc").read_bytes() == study
