@@ -5,8 +5,6 @@ Our own bugs are not ``BachglassError`` and keep their traceback.
 """
 
 import logging
-import os
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,10 +39,6 @@ def run_step(main: Callable[[], None], log: str | Path | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True
     )
-    where = platform.node()
-    if "SLURM_JOB_ID" in os.environ:  # the job id goes to the log, never into results (DESIGN: no hosts)
-        where += f", SLURM job {os.environ['SLURM_JOB_ID']} ({os.environ.get('SLURM_JOB_PARTITION', '?')})"
-    logging.getLogger("bachglass").info("running on %s", where)
     try:
         main()
     except BachglassError as err:
