@@ -16,21 +16,14 @@ BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "tiny.yaml"
 
 
-def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def env() -> dict[str, str]:
     """The environment for workflow subprocesses: this venv's tools first, one thread each."""
-    path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-    return {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", **(extra or {})}
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
 
 
-def run(
-    cmd: list[str],
-    cwd: Path,
-    check: bool = True,
-    extra_env: dict[str, str] | None = None,
-    timeout: float | None = None,
-) -> subprocess.CompletedProcess[str]:
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command in ``cwd``; on failure show its output in the assertion message."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env(extra_env), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -75,6 +75,7 @@ if [ ${#need[@]} -gt 0 ]; then
   tmp_policy=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; tmp_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # (bachglass) also if the install is interrupted
   fi
   apt-get update -qq
   rc=0; apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || rc=$?

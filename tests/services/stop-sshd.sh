@@ -3,7 +3,7 @@
 # sshd, not a recycled PID); SIGKILL after 5 s. --purge also deletes $SSHD_LOCAL_DIR. Idempotent.
 set -uo pipefail
 
-D=${SSHD_LOCAL_DIR:-/tmp/bachglass-sshd}
+D=${SSHD_LOCAL_DIR:-/run/bachglass-sshd}
 log() { printf '[stop-sshd %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 running() {

@@ -11,7 +11,8 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-export BACHGLASS_SERVICES_DIR=${BACHGLASS_SERVICES_DIR:-/tmp/bachglass-services}
+# root-owned and outside world-writable /tmp: sshd's StrictModes checks every directory above its key files
+export BACHGLASS_SERVICES_DIR=${BACHGLASS_SERVICES_DIR:-/run/bachglass-services}
 # accounting (slurmdbd), and two GPUs as a GRES without devices: the slurm profile's GPU requests go
 # through SLURM as on a GPU cluster, while the jobs train on the CPU
 export SLURM_LOCAL_DIR=$BACHGLASS_SERVICES_DIR/slurm SLURM_LOCAL_DBD=1 SLURM_LOCAL_GPUS=2
@@ -25,8 +26,14 @@ elif [ "$(id -u)" != 0 ]; then
   why="the live SLURM cluster and sshd need root (they run as root daemons; CI runs as root)"
 elif ! command -v apt-get >/dev/null; then
   why="the live SLURM cluster and sshd are installed from Debian packages (no apt-get here)"
-elif [ -e /etc/slurm/slurm.conf ] && [ ! -L /etc/slurm/slurm.conf ]; then
+elif [ -e /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" != "$SLURM_LOCAL_DIR/slurm.conf" ]; then
   why="this machine has a SLURM of its own (/etc/slurm/slurm.conf); the test cluster would replace it"
+elif [ -n "${SLURM_CONF:-}" ]; then
+  why="SLURM_CONF is set ($SLURM_CONF): the tests' sbatch calls would go to that cluster"
+elif [ ! -d "$SLURM_LOCAL_DIR/run" ] && pgrep -x 'slurmctld|slurmd|munged' >/dev/null; then
+  why="SLURM daemons of the machine's own are running (configless?); the test cluster would clash with them"
+elif [ -e "$BACHGLASS_SERVICES_DIR" ] && [ "$(stat -c %u "$BACHGLASS_SERVICES_DIR")" != 0 ]; then
+  why="$BACHGLASS_SERVICES_DIR exists and is not root's; refusing to run root daemons from it"
 fi
 
 started=0
@@ -35,6 +42,7 @@ teardown() {
   if [ $started = 1 ]; then
     bash "$HERE/stop-slurm.sh" --purge || true
     bash "$HERE/stop-sshd.sh" --purge || true
+    rmdir "$BACHGLASS_SERVICES_DIR" 2>/dev/null || true
   fi
   exit $rc
 }
@@ -53,7 +61,10 @@ if [ -z "$why" ]; then
   fi
   # (each start script installs what it misses itself, and stops none of the machine's own daemons)
   if [ -z "$why" ]; then
+    mkdir -p -m 0755 "$BACHGLASS_SERVICES_DIR"
     if bash "$HERE/start-slurm.sh" && bash "$HERE/start-sshd.sh"; then
+      # shellcheck disable=SC1091
+      source "$SLURM_LOCAL_DIR/env.sh"  # SLURM_CONF: the tests' sbatch, squeue and sacct talk to this cluster
       # shellcheck disable=SC1091
       source "$SSHD_LOCAL_DIR/env.sh"
       export BACHGLASS_SLURM=$SLURM_LOCAL_DIR

@@ -123,12 +123,18 @@ def inherit_profile_settings(family, rule_name):
     Profiles (set-resources, set-threads) and --set-resources name rules exactly, but the per-pack names
     depend on the grid. So profiles name the family, e.g. train_run, which is also the name under dvc
     repro; Snakemake applies the entries as it defines each rule (Workflow.rule), so we copy the
-    family's entries to the generated name just before. tests/test_slurm.py checks the sbatch requests.
+    family's entries to the generated name just before; entries for the pack's own name win.
+    tests/test_slurm.py checks the sbatch requests.
     """
     settings = workflow.resource_settings
-    for parsed in (settings._parsed_overwrite_resources, settings._parsed_overwrite_threads):
-        if family in parsed:
-            parsed.setdefault(rule_name, parsed[family])
+    resources = settings._parsed_overwrite_resources
+    if family in resources:  # the family's entries, then those a profile gives for this very pack
+        merged = resources[family].copy()
+        merged.update(resources.get(rule_name, {}))
+        resources[rule_name] = merged
+    threads = settings._parsed_overwrite_threads
+    if family in threads:
+        threads.setdefault(rule_name, threads[family])
 
 
 def code(*modules):
