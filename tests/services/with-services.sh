@@ -30,7 +30,7 @@ elif [ -e /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" != "$
   why="this machine has a SLURM of its own (/etc/slurm/slurm.conf); the test cluster would replace it"
 elif [ -n "${SLURM_CONF:-}" ]; then
   why="SLURM_CONF is set ($SLURM_CONF): the tests' sbatch calls would go to that cluster"
-elif [ ! -d "$SLURM_LOCAL_DIR/run" ] && pgrep -x 'slurmctld|slurmd|munged' >/dev/null; then
+elif [ ! -d "$SLURM_LOCAL_DIR/run" ] && ps -eo stat=,comm= | awk '$1 !~ /^Z/ && $2 ~ /^(slurmctld|slurmd|munged)$/ {f = 1} END {exit !f}'; then
   why="SLURM daemons of the machine's own are running (configless?); the test cluster would clash with them"
 elif [ -e "$BACHGLASS_SERVICES_DIR" ] && [ "$(stat -c %u "$BACHGLASS_SERVICES_DIR")" != 0 ]; then
   why="$BACHGLASS_SERVICES_DIR exists and is not root's; refusing to run root daemons from it"
