@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from workflow_helpers import edit_params, git_commit, run
+from workflow_helpers import DOWNSTREAM_OF_TRAIN, TINY_TRAIN_STAGES, edit_params, git_commit, run
 
 pytestmark = pytest.mark.slow
-# DVC stages that re-run after a train edit (the aging subset is trained with the same section), sorted
-DOWNSTREAM_OF_TRAIN = ["aging_observables", "aging_study", "check", "figures", "fits", "observables", "study"]
-TRAIN_STAGES = {f"train@{d}-{w}-0" for d in (1, 2) for w in (2, 8)} | {f"train_aging@1-8-{s}" for s in (0, 1)}
 SSH = os.environ.get("BACHGLASS_SSH_PORT")
 NO_SSH = os.environ.get(
     "BACHGLASS_SERVICES_SKIPPED",
@@ -84,10 +81,10 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
 
     edit_params(clone, {"train": {"lr": 0.1}})
     stale = set(json.loads(run(["dvc", "status", "--json"], clone).stdout))
-    assert stale == TRAIN_STAGES, stale  # DVC lists the stages whose own params changed
+    assert stale == TINY_TRAIN_STAGES, stale  # DVC lists the stages whose own params changed
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], clone).stdout)
     assert sorted({s.split("@")[0] for s in ran}) == sorted([*DOWNSTREAM_OF_TRAIN, "train", "train_aging"])
-    assert {s for s in ran if s.startswith("train")} == TRAIN_STAGES
+    assert {s for s in ran if s.startswith("train")} == TINY_TRAIN_STAGES
     # no upstream job ran inside a stage's Snakemake call, whatever the mtimes after the pull
     assert sorted(p.name for p in (clone / "results/logs").iterdir()) == [
         "check_science.log",

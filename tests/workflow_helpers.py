@@ -14,6 +14,11 @@ from bachglass.params import deep_merge
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "tiny.yaml"
+# DVC stages of the tiny study that a train edit makes stale (grid seed 0, aging seeds 0 and 1), and the
+# stage groups downstream of them, sorted
+TINY_TRAIN_STAGES = {f"train@{d}-{w}-0" for d in (1, 2) for w in (2, 8)}
+TINY_TRAIN_STAGES |= {"train_aging@1-8-0", "train_aging@1-8-1"}
+DOWNSTREAM_OF_TRAIN = ["aging_observables", "aging_study", "check", "figures", "fits", "observables", "study"]
 
 
 def env() -> dict[str, str]:
