@@ -1,3 +1,4 @@
+import copy
 import hashlib
 import http.server
 import json
@@ -122,6 +123,18 @@ def edited_score(tmp_path, edit):
 def test_own_score_with_three_parts_names_the_file(tmp_path):
     path = edited_score(tmp_path, lambda s: s.remove(s.parts[1]))
     with pytest.raises(DataError, match=re.escape(f"{path}: 3 parts, expected 4 (S, A, T, B)")):
+        chorales.load_score_files([str(path)])
+
+
+def test_own_score_with_five_parts_names_the_file(tmp_path):
+    def double_the_alto(score):
+        alto = copy.deepcopy(score.parts[1])
+        alto.id = "alto-copy"
+        score.insert(0, alto)
+
+    path = edited_score(tmp_path, double_the_alto)
+    assert len(converter.parse(path).parts) == 5
+    with pytest.raises(DataError, match=re.escape(f"{path}: 5 parts, expected 4 (S, A, T, B)")):
         chorales.load_score_files([str(path)])
 
 

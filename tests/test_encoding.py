@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from bachglass import chorales, io
 from bachglass.encoding import (
+    STEPS_PER_QUARTER,
     EncodingConfig,
     data_floor,
     decode,
@@ -199,6 +201,70 @@ def test_too_few_chorales_names_the_keys_and_the_count():
         encode(small_corpus(), config(max_quarters=6, n_train=3, n_heldout=1))
 
 
+def test_no_chorale_within_the_length_range_names_the_keys():
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            "encoding.min_quarters/encoding.max_quarters: none of the 4 chorales lasts 1-2 quarters;"
+        ),
+    ):
+        encode(small_corpus(), config(min_quarters=1, max_quarters=2))
+
+
+def bad_pitch_chorale(midi, key=(0, "major")):
+    """Chorale bwv101.7 in eighths, its alto at quarter 12.5 replaced by ``midi``."""
+    chorale = grid_chorale("bwv101.7", [C] * 32, key=key, step_q=0.5)
+    chorale["voices"][1][25][2] = midi
+    return chorale
+
+
+@pytest.mark.parametrize(
+    ("midi", "transpose", "key", "problem"),
+    [
+        (200, "none", (0, "major"), "pitch 200 is outside MIDI 0-127 (and not -1, a rest); fix or drop"),
+        (128, "c_major_a_minor", (0, "major"), "pitch 128 is outside MIDI 0-127"),
+        (-5, "none", (0, "major"), "pitch -5 is outside MIDI 0-127 (and not -1, a rest)"),
+        (-2, "none", (0, "major"), "pitch -2 is outside MIDI 0-127"),  # would read as padding
+        (125, "c_major_a_minor", (7, "major"), "pitch 130 (125 transposed by +5) is outside MIDI 0-127; "
+         "drop the chorale or set encoding.transpose to none"),
+        (3, "c_major_a_minor", (3, "minor"), "pitch -3 (3 transposed by -6) is outside MIDI 0-127"),
+        (60.5, "none", (0, "major"), "pitch 60.5 is not an integer MIDI pitch; fix or drop the chorale"),
+        ("60", "none", (0, "major"), "pitch '60' is not an integer MIDI pitch"),
+        (None, "none", (0, "major"), "pitch None is not an integer MIDI pitch"),
+        (True, "none", (0, "major"), "pitch True is not an integer MIDI pitch"),
+    ],
+)  # fmt: skip
+def test_pitch_outside_midi_names_chorale_voice_quarter_and_pitch(midi, transpose, key, problem):
+    chorale = bad_pitch_chorale(midi, key=key)
+    where = "chorales.json: chorale bwv101.7, voice A at quarter 12.5: "
+    with pytest.raises(DataError, match=re.escape(where + problem)):
+        encode([chorale], config(transpose=transpose))
+
+
+@pytest.mark.parametrize(
+    ("midi", "transpose", "key", "encoded"),
+    [
+        (127, "none", (0, "major"), 127),
+        (122, "c_major_a_minor", (7, "major"), 127),
+        (6, "c_major_a_minor", (6, "major"), 0),
+        (60.0, "none", (0, "major"), 60),
+        (-1, "none", (0, "major"), -1),
+    ],
+)  # fmt: skip
+def test_pitch_at_the_edge_of_midi_after_transposition_is_encoded(midi, transpose, key, encoded):
+    ds = encode([bad_pitch_chorale(midi, key=key)], config(resolution="eighth", transpose=transpose))
+    assert ds["pitch"].sel(voice="A").values[0, 25] == encoded
+
+
+def test_chorale_with_five_voices_names_it():
+    chorale = grid_chorale("x", [C, F])
+    chorale["voices"].append(chorale["voices"][0])
+    with pytest.raises(
+        DataError, match=re.escape("chorales.json: chorale x: 5 voices, expected 4 (S, A, T, B)")
+    ):
+        encode([chorale], config())
+
+
 def test_empty_corpus_is_a_data_error():
     with pytest.raises(DataError, match="corpus is empty"):
         encode([], config())
@@ -211,18 +277,89 @@ def test_encoded_dataset_round_trips_through_netcdf(tmp_path):
     xr.testing.assert_identical(back, ds)
 
 
-pitch_or_rest = st.one_of(st.just(-1), st.integers(36, 84))
-chord = st.lists(pitch_or_rest, min_size=4, max_size=4)
+@st.composite
+def satb_corpus(draw):
+    """Chorale dicts as encode() reads them, and the pitch grid each must give at the encoding's resolution.
+
+    Events lie on a data grid (quarter, eighth or sixteenth) that may be finer or coarser than the
+    encoding's: each voice is runs of notes, rest events and gaps (no event: silent), plus a few
+    events overlapping them (two voices in one part: the highest pitch sounds). The expected grid is
+    built on the data grid, then read at every encoding grid point before the chorale's end.
+    """
+    data_q = STEPS_PER_QUARTER[draw(st.sampled_from(list(STEPS_PER_QUARTER)))]
+    cfg = config(
+        resolution=draw(st.sampled_from(list(STEPS_PER_QUARTER))),
+        transpose=draw(st.sampled_from(["none", "c_major_a_minor"])),
+    )
+    # every transposition shift lies in -6..+5: keep the transposed pitches within MIDI 0-127
+    pitch = st.integers(0, 127) if cfg.transpose == "none" else st.integers(6, 121)
+    run = st.tuples(st.integers(1, 6), st.one_of(pitch, st.just(-1), st.none()))  # None: a gap
+    corpus, expected = [], {}
+    for c in range(draw(st.integers(1, 4))):
+        voices, fine = [], {}
+        for v in range(4):
+            events, k = [], 0
+            for length, midi in draw(st.lists(run, min_size=1, max_size=8)):
+                if midi is not None:
+                    events.append((k, length, midi))
+                k += length
+            overlaps = st.tuples(st.integers(0, k - 1), st.integers(1, 4), pitch)
+            events += draw(st.lists(overlaps, max_size=2))
+            voices.append([[start / data_q, length / data_q, midi] for start, length, midi in events])
+            fine[v] = events
+        end = max(start + length for events in fine.values() for start, length, _ in events)
+        grid = np.full((end, 4), -1)
+        for v, events in fine.items():
+            for start, length, midi in events:
+                np.maximum(grid[start : start + length, v], midi, out=grid[start : start + length, v])
+        cid = f"c{c}"
+        key = {"tonic_pc": draw(st.integers(0, 11)), "mode": draw(st.sampled_from(["major", "minor"]))}
+        corpus.append(
+            {"id": cid, "source": "fuzz", "sha256": "0" * 64, "key": key}
+            | {"length_quarters": end / data_q, "voices": voices}
+        )
+        # encoding step j sits at j / q quarters, data step j * data_q / q; steps before the end only
+        q = cfg.steps_per_quarter
+        expected[cid] = grid[[j * data_q // q for j in range(-(-end * q // data_q))]]
+    n_heldout = draw(st.integers(0, len(corpus) - 1))
+    return corpus, dataclasses.replace(cfg, n_heldout=n_heldout), expected
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(chord, min_size=2, max_size=12), min_size=1, max_size=5))
-def test_encode_then_decode_returns_the_pitches(sequences):
-    corpus = [grid_chorale(f"c{i}", seq) for i, seq in enumerate(sequences)]
-    decoded = decode(encode(corpus, config(n_train=None, n_heldout=0)))
-    assert [d["id"] for d in decoded] == [c["id"] for c in corpus]
-    for d, seq in zip(decoded, sequences, strict=True):
-        np.testing.assert_array_equal(d["pitch"], np.asarray(seq))
+@settings(max_examples=200, deadline=None)
+@given(satb_corpus())
+def test_encode_then_decode_returns_the_sampled_pitches_of_any_satb_corpus(case):
+    corpus, cfg, expected = case
+    for chorale in corpus:
+        np.testing.assert_array_equal(sample_grid(chorale, cfg.steps_per_quarter), expected[chorale["id"]])
+    if cfg.transpose == "c_major_a_minor":
+        for chorale in corpus:
+            grid, shift = expected[chorale["id"]], transpose_shift(chorale["key"])
+            expected[chorale["id"]] = np.where(grid >= 0, grid + shift, grid)
+    n_train = len(corpus) - cfg.n_heldout
+    if all(len(expected[c["id"]]) < 2 for c in corpus[:n_train]):
+        with pytest.raises(DataError, match="no training chorale spans two grid steps"):
+            encode(corpus, cfg)
+        return
+    ds = encode(corpus[::-1], cfg)  # the order of arrival must not matter
+    decoded = decode(ds)
+    assert [d["id"] for d in decoded] == [c["id"] for c in corpus]  # ids c0, c1, ... are sorted
+    assert [d["split"] for d in decoded] == ["train"] * n_train + ["heldout"] * cfg.n_heldout
+    for d in decoded:
+        np.testing.assert_array_equal(d["pitch"], expected[d["id"]])
+    lengths = np.array([len(expected[c["id"]]) for c in corpus])
+    np.testing.assert_array_equal(ds["length"].values, lengths)
+    exists = np.arange(ds.sizes["step"])[None, :] < lengths[:, None]
+    np.testing.assert_array_equal(ds["mask"].values, exists.astype(np.int8))
+    tokens, pitch = ds["tokens"].values, ds["pitch"].values
+    assert (tokens[~exists] == -1).all() and (pitch[~exists] == -2).all()
+    for v in range(4):
+        size, vocab = int(ds["vocab_size"].values[v]), ds["vocab"].values[v]
+        used = np.unique(np.concatenate([expected[c["id"]][:, v] for c in corpus]))
+        # sorted, rest first, exactly the pitches used in this voice, -2 beyond its size
+        assert vocab[:size].tolist() == sorted({-1, *used.tolist()}) and vocab[0] == -1
+        assert (vocab[size:] == -2).all()
+        assert ((tokens[..., v][exists] >= 0) & (tokens[..., v][exists] < size)).all()
+        np.testing.assert_array_equal(vocab[tokens[..., v][exists]], pitch[..., v][exists])
 
 
 def test_default_params_select_the_feasibility_chorales_and_reproduce_their_floor():

@@ -1,4 +1,5 @@
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -230,6 +231,28 @@ def test_incomplete_trajectory_is_a_data_error_naming_what_is_missing(drop, mess
         traj = xr.concat([traj, traj.assign_coords(seed=[1])], "seed")
     with pytest.raises(DataError, match=message):
         run_observables(traj, CONFIG, PROVENANCE)
+
+
+@pytest.mark.parametrize("damage", ["random_bytes", "truncated_to_half", "empty"])
+def test_corrupt_trajectory_file_is_a_data_error_naming_it_and_how_to_recreate_it(tmp_path, damage):
+    path = tmp_path / "results" / "runs" / "d1_w4_s0" / "trajectory.nc"
+    io.write_netcdf(make_trajectory(), path)
+    assert "theta" in io.read_netcdf(path, required=["loss", "theta"])
+    whole = path.read_bytes()
+    path.write_bytes(
+        {
+            "random_bytes": np.random.default_rng(0).bytes(len(whole)),
+            "truncated_to_half": whole[: len(whole) // 2],
+            "empty": b"",
+        }[damage]
+    )
+    message = (
+        re.escape(f"{path}: not a readable NetCDF file (")
+        + r".*\); "
+        + re.escape(f"re-create it: snakemake {path} -f")
+    )
+    with pytest.raises(DataError, match=message):
+        io.read_netcdf(path, required=["loss", "theta"])
 
 
 def grid_runs(depths=(1, 2), widths=(4, 8), seeds=(0, 1), skip=()):

@@ -6,6 +6,7 @@ training set still pays, because different chorales share openings (paper-spec Â
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,17 +60,19 @@ class EncodingConfig:
 def sample_grid(chorale: dict[str, Any], steps_per_quarter: int) -> np.ndarray:
     """Sounding MIDI pitch of each voice at each grid point: int array (step, voice), -1 = rest.
 
-    Grid point k sits at k / steps_per_quarter quarters and takes the event with onset <= t < end.
-    Where events of one voice overlap (two voices written in one part), the highest pitch wins, as for
-    a chord; any note wins over a rest.
+    Grid point k sits at k / steps_per_quarter quarters and takes the event with onset <= t < end;
+    the grid holds every point before the chorale's end, so a chorale ending off the grid keeps its
+    last, partly sounding step (as an event ending off the grid does). Where events of one voice
+    overlap (two voices written in one part), the highest pitch wins, as for a chord; any note wins
+    over a rest. Pitches are not checked here: ``encode`` rejects any that is not MIDI 0-127 or -1.
     """
-    n_steps = round(chorale["length_quarters"] * steps_per_quarter)
+    n_steps = math.ceil(chorale["length_quarters"] * steps_per_quarter - GRID_TOLERANCE)
     grid = np.full((n_steps, len(VOICES)), REST, dtype=np.int64)
     for v, events in enumerate(chorale["voices"]):
         for onset, duration, midi in events:
             lo = max(math.ceil(onset * steps_per_quarter - GRID_TOLERANCE), 0)
             hi = math.ceil((onset + duration) * steps_per_quarter - GRID_TOLERANCE)
-            np.maximum(grid[lo:hi, v], midi, out=grid[lo:hi, v])
+            np.maximum(grid[lo:hi, v], int(midi), out=grid[lo:hi, v])  # 60.0 from JSON: 60
     return grid
 
 
@@ -91,6 +94,11 @@ def select(chorales: list[dict], config: EncodingConfig) -> tuple[list[dict], in
         raise DataError("chorales: duplicate chorale ids; re-create chorales.json")
     lo, hi = config.min_quarters, config.max_quarters
     fit = sorted((c for c in chorales if lo <= c["length_quarters"] <= hi), key=lambda c: c["id"])
+    if not fit:
+        raise DataError(
+            f"encoding.min_quarters/encoding.max_quarters: none of the {len(chorales)} chorales lasts "
+            f"{lo}-{hi} quarters; widen encoding.min_quarters/encoding.max_quarters"
+        )
     if config.order == "shuffled":
         fit = [fit[i] for i in np.random.default_rng(config.order_seed).permutation(len(fit))]
     n_train = len(fit) - config.n_heldout if config.n_train is None else config.n_train
@@ -134,14 +142,49 @@ def data_floor(tokens: np.ndarray, lengths: np.ndarray) -> float:
     return entropy_sum / labels if labels else math.nan
 
 
+def _pitch_problem(midi: Any, shift: int) -> str | None:
+    """Return what is wrong with an event pitch transposed by ``shift`` and what to do; None if fine."""
+    if isinstance(midi, bool) or not isinstance(midi, numbers.Real) or not float(midi).is_integer():
+        return f"pitch {midi!r} is not an integer MIDI pitch; fix or drop the chorale"
+    midi = int(midi)
+    if midi == REST:
+        return None
+    if not 0 <= midi <= 127:
+        return f"pitch {midi} is outside MIDI 0-127 (and not -1, a rest); fix or drop the chorale"
+    if not 0 <= midi + shift <= 127:
+        return (
+            f"pitch {midi + shift} ({midi} transposed by {shift:+d}) is outside MIDI 0-127; "
+            "drop the chorale or set encoding.transpose to none"
+        )
+    return None
+
+
+def _check_pitches(chorale: dict[str, Any], shift: int) -> None:
+    """Raise a ``DataError`` at the first event whose pitch, transposed by ``shift``, is not MIDI or a rest.
+
+    Checked on the events, before sampling: on the grid a bad pitch would pass silently (-5 loses to
+    a rest in ``sample_grid``'s maximum, -2 reads as padding, 200 becomes a token of its own), and a
+    bad pitch is bad data whatever the resolution. The message names chorale, voice and onset.
+    """
+    where = f"chorales.json: chorale {chorale['id']}"
+    if len(chorale["voices"]) != len(VOICES):
+        n = len(chorale["voices"])
+        raise DataError(f"{where}: {n} voices, expected 4 (S, A, T, B); fix or drop the chorale")
+    for name, events in zip(VOICES, chorale["voices"], strict=True):
+        for onset, _, midi in events:
+            if problem := _pitch_problem(midi, shift):
+                at = f"{onset:g}" if isinstance(onset, numbers.Real) else repr(onset)
+                raise DataError(f"{where}, voice {name} at quarter {at}: {problem}")
+
+
 def _grids(chosen: list[dict], config: EncodingConfig) -> list[np.ndarray]:
     """Pitch grids (step, voice) of the chosen chorales, transposed if the config asks for it."""
     grids = []
     for chorale in chosen:
+        shift = transpose_shift(chorale["key"]) if config.transpose == "c_major_a_minor" else 0
+        _check_pitches(chorale, shift)
         grid = sample_grid(chorale, config.steps_per_quarter)
-        if config.transpose == "c_major_a_minor":
-            grid = np.where(grid >= 0, grid + transpose_shift(chorale["key"]), grid)
-        grids.append(grid)
+        grids.append(np.where(grid >= 0, grid + shift, grid))
     return grids
 
 
