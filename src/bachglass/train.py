@@ -7,16 +7,23 @@ clip, whose activity is recorded as ``clip_fraction`` (feasibility: unclipped ru
 A checkpoint at step k records the parameters θ_k *before* update k (k = 0 is the initial state,
 k = steps the final one) and the full training-set loss L(θ_k). The resumable state is written
 every ``resume_every`` steps to the ``checkpoint`` file; the caller deletes it
-(:func:`remove_checkpoint`) once the trajectory is safely written.
+(:func:`remove_checkpoint`) once the trajectory is safely written. SIGTERM (SLURM preemption, time
+limit, scancel) and SIGINT (Ctrl-C) save it at the next step boundary and then stop the process
+(exit status 143, resp. KeyboardInterrupt), so at most one step is redone. A SIGKILL loses the steps
+since the last save; a kill while a checkpoint is written leaves the previous one intact.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,7 @@ from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CHECK_EVERY = 50  # steps between divergence checks on a GPU (each waits for the queued work)
 MODULES = ("model", "ensemble", "train")  # code whose hash goes into the provenance
 ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what train_run reads of encoded.nc
@@ -43,6 +51,7 @@ VARIABLES = {  # name: (long_name, units)
     "theta": ("parameter snapshot, flattened in model.param_specs order", "1"),
 }
 RECORDS = tuple(VARIABLES)  # recorded at every checkpoint, in this order
+SAVED = ("counters", "rng", "perm", "theta", "n_records")  # a resumable state, less its records
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,28 @@ def checkpoint_steps(steps: int, per_decade: int) -> np.ndarray:
 
 
 def remove_checkpoint(path: str | Path) -> None:
-    """Delete a run's resumable checkpoint, once its trajectory has been written."""
-    Path(path).unlink(missing_ok=True)
+    """Delete a run's resumable checkpoint, and any half-written one, once its trajectory is written."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """Catch SIGTERM and SIGINT for the block: the list it yields receives their numbers.
+
+    Outside the main thread (where Python cannot install handlers) nothing is caught.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def train_run(
@@ -121,6 +150,7 @@ def train_runs(
         _load(Path(path), identity) if path is not None and Path(path).exists() else None
         for path, identity in zip(checkpoints, identities, strict=True)
     ]
+    states = _align(states, checkpoints, seeds)
     cohorts: dict[int, list[int]] = {}  # resume step: members
     for k, state in enumerate(states):
         cohorts.setdefault(0 if state is None else state["counters"][0], []).append(k)
@@ -277,6 +307,7 @@ class _Member:
         # the current epoch's permutation and position in it (exhausted: draw one at the first step)
         self.perm, self.pos, self.diverged_step = np.arange(0), n_train, -1
         self.records: dict[str, list[Any]] = {key: [] for key in RECORDS}
+        self.saved: dict[str, Any] | None = None  # the state of the last save, without its records
 
     def next_indices(self, n_train: int, batch_size: int) -> np.ndarray:
         """Return the chorales of this run's next minibatch: the next slice of its shuffled epoch."""
@@ -299,6 +330,7 @@ class Ensemble:
         self.full_batch = self.batch_size == self.n_train
         self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
         self.members = [_Member(seed, self.n_train) for seed in seeds]
+        self.seeds = list(seeds)
         theta = engine.theta
         self.clipped = theta.new_zeros(len(seeds))  # clipped steps since the last record, per run
         self.active = theta.new_ones(len(seeds))  # 0 once a run has diverged: its θ is frozen
@@ -392,18 +424,28 @@ class Ensemble:
         self.engine.theta.add_(grad, alpha=-self.config.lr)
 
     def state(self, m: int, identity: dict[str, Any]) -> dict[str, Any]:
-        """All run ``m``'s resume needs, as tensors and plain Python types (loadable with weights_only)."""
+        """All run ``m``'s resume needs, as tensors and plain Python types (loadable with weights_only).
+
+        It carries the state of the save before too (``previous``, records as a count: they are a
+        prefix of these), so that a run saved one step ahead of its pack can rejoin it (:func:`_align`).
+        """
         member = self.members[m]
         snapshots = member.records["theta"]
         clipped = int(self.clipped[m].item())
-        return {
-            "identity": identity,
+        now = {
             "counters": [self.step, member.pos, clipped, self.last_record, member.diverged_step],
             "rng": member.rng.bit_generator.state,
-            "perm": torch.as_tensor(member.perm),
+            "perm": torch.as_tensor(member.perm).clone(),
             "theta": self.engine.theta[m].cpu().clone(),
+            "n_records": len(member.records["loss"]),
+        }
+        previous, member.saved = member.saved, now
+        return now | {
+            "identity": identity,
             "records": {key: member.records[key] for key in RECORDS[:3]},
             "snapshots": torch.as_tensor(np.array(snapshots)) if snapshots else None,
+            "previous": previous,
+            "pack": self.seeds,
         }
 
     def restore(self, states: list[dict[str, Any]]) -> None:
@@ -420,6 +462,7 @@ class Ensemble:
             member.records = {key: list(state["records"][key]) for key in RECORDS[:3]}
             snapshots = state["snapshots"]
             member.records["theta"] = [] if snapshots is None else list(snapshots.numpy())
+            member.saved = {key: state[key] for key in SAVED}
 
 
 def _train(
@@ -470,28 +513,84 @@ def _loop(
     identities: list[dict[str, Any]],
     bar: tqdm,
 ) -> None:
-    """SGD steps from ``ens.step`` to the end: save, record, update, in that order per step."""
+    """SGD steps from ``ens.step`` to the end: save, record, update, in that order per step.
+
+    On SIGTERM or SIGINT the state is saved at the next step boundary and the process stops.
+    """
     steps, start, record_at = ens.config.steps, ens.step, set(grid.tolist())
     saving = [(path, m) for m, path in enumerate(checkpoints) if path is not None]
-    for step in range(start, steps + 1):
-        ens.step = step
-        if saving and start < step < steps and step % ens.config.resume_every == 0:
-            ens.flush()
-            for path, m in saving:
-                with io.atomic_path(path) as tmp:
-                    torch.save(ens.state(m, identities[m]), tmp)
-            log.info("step %d of %d: resumable state saved", step, steps)
-        if step == steps:  # the final state: evaluate, no update
-            ens.record(step, None)
-            return
-        losses = ens.sgd_step(record=step in record_at)
-        if step % 100 == 0:
-            live = losses[ens.active > 0]
-            shown = f"{live.median().item():.4g}" if live.numel() else "nan"
-            bar.set_postfix(loss=shown, refresh=False)  # this step's (mini)batch loss, median of runs
-        if ens.n_stopped == len(ens.members):
-            return
-        bar.update()
+    with stop_signals() as received:
+        for step in range(start, steps + 1):
+            ens.step = step
+            if received and step < steps:
+                _stop(ens, saving, identities, received[0])
+            if saving and start < step < steps and step % ens.config.resume_every == 0:
+                _save(ens, saving, identities)
+            if step == steps:  # the final state: evaluate, no update
+                ens.record(step, None)
+                return
+            losses = ens.sgd_step(record=step in record_at)
+            if step % 100 == 0:
+                live = losses[ens.active > 0]
+                shown = f"{live.median().item():.4g}" if live.numel() else "nan"
+                bar.set_postfix(loss=shown, refresh=False)  # this step's (mini)batch loss, median of runs
+            if ens.n_stopped == len(ens.members):
+                return
+            bar.update()
+
+
+def _save(ens: Ensemble, saving: list[tuple[Path, int]], identities: list[dict[str, Any]]) -> None:
+    """Write every run's resumable state at ``ens.step``, each file atomically."""
+    ens.flush()
+    for path, m in saving:
+        with io.atomic_path(path) as tmp:
+            torch.save(ens.state(m, identities[m]), tmp)
+    log.info("step %d of %d: resumable state saved", ens.step, ens.config.steps)
+
+
+def _stop(
+    ens: Ensemble, saving: list[tuple[Path, int]], identities: list[dict[str, Any]], signum: int
+) -> None:
+    """Save the state (when there is a checkpoint file) and stop as the signal ``signum`` asks."""
+    name = signal.Signals(signum).name
+    if saving:
+        _save(ens, saving, identities)
+    log.warning(
+        "%s at step %d of %d: %s; run the step again to resume",
+        *(name, ens.step, ens.config.steps),
+        "resumable state saved" if saving else "no checkpoint file given, nothing saved",
+    )
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _align(
+    states: list[dict[str, Any] | None], paths: list[Path | None], seeds: list[int]
+) -> list[dict[str, Any] | None]:
+    """Step back the runs of a pack saved one save ahead of the rest, so that the pack trains as one.
+
+    A pack's runs are saved one file after the other; a kill in between leaves some a save ahead.
+    Resumed apart they would differ from an uninterrupted pack by round-off; from the state of the
+    save before, which their checkpoint carries (none before the first: start over), they rejoin
+    the pack and resume bitwise. Runs saved in another pack, or further apart, resume apart.
+    """
+    start = min(0 if state is None else state["counters"][0] for state in states)
+    aligned = []
+    for state, path in zip(states, paths, strict=True):
+        if state is not None and state["counters"][0] > start and state["pack"] == seeds:
+            previous = state["previous"]
+            if previous is None and start == 0:
+                log.info("%s: starts over with the rest of its pack", path)
+                state = None
+            elif previous is not None and previous["counters"][0] == start:
+                log.info("%s: back to step %d, where the rest of its pack resumes", path, start)
+                n, snapshots = previous["n_records"], state["snapshots"]
+                records = {key: values[:n] for key, values in state["records"].items()}
+                state |= previous | {"records": records, "snapshots": snapshots[:n] if n else None}
+                state["previous"] = None
+        aligned.append(state)
+    return aligned
 
 
 def _load(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
@@ -499,7 +598,7 @@ def _load(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         stored = dict(state["identity"])
-        missing = {"counters", "rng", "perm", "theta", "records", "snapshots"} - state.keys()
+        missing = {*SAVED, "records", "snapshots", "previous", "pack"} - state.keys()
         if missing:
             raise KeyError(f"no {sorted(missing)}")
     except Exception as err:  # torch.load raises many kinds for a damaged file
