@@ -5,6 +5,7 @@ import pytest
 import xarray as xr
 from conftest import checkpoint_steps, fits_config, make_trajectory
 
+from bachglass import checks
 from bachglass.fits import (
     ATTRS,
     OVER,
@@ -14,6 +15,7 @@ from bachglass.fits import (
     clipped_fraction,
     fit_power_law,
     fit_study,
+    metrics,
     power_laws,
 )
 from bachglass.observables import ObservablesConfig, combine_runs, run_observables
@@ -218,6 +220,20 @@ def test_fit_study_leaves_a_diverged_run_out_of_the_floor_and_phase(fits):
     # widest nets: median of the fitted L_inf over the seeds that did not diverge
     np.testing.assert_allclose(fits["sgd_floor"], [FLOOR, FLOOR + 0.04], atol=5e-4)
     np.testing.assert_allclose(fits["floor_ref"], [FLOOR, FLOOR + 0.04], atol=5e-4)
+
+
+def test_fit_study_names_the_diverged_run_it_left_out(study, caplog):
+    with caplog.at_level("WARNING", logger="bachglass.fits"):
+        result = fit_study(study, CONFIG, smoothing_decades=0.1)
+    assert result.attrs["excluded_runs"] == "d2_w24_s1 (diverged at step 3000)"
+    assert "1 runs diverged and are left out of every fit: d2_w24_s1 (diverged at step 3000)" in caplog.text
+    assert metrics(result)["excluded_runs"] == ["d2_w24_s1 (diverged at step 3000)"]
+    assert checks.table([], result.attrs["excluded_runs"]).endswith(
+        "Left out of every fit (the loss became non-finite): d2_w24_s1 (diverged at step 3000).\n"
+    )
+    clean = fit_study(study.assign(diverged=study["diverged"] & False), CONFIG, smoothing_decades=0.1)
+    assert clean.attrs["excluded_runs"] == "none" and metrics(clean)["excluded_runs"] == []
+    assert "Left out" not in checks.table([], clean.attrs["excluded_runs"])
 
 
 def test_fit_study_phase_is_under_above_twice_the_floor_and_over_at_it(fits):

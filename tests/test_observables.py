@@ -176,6 +176,7 @@ def test_run_observables_layout_and_io_round_trip(tmp_path):
         "n_parameters_group": (*run, "group"),
         "n_parameters": run,
         "diverged": run,
+        "diverged_step": run,
     }
     assert {name: ds[name].dims for name in ds.data_vars} == dims
     assert ds[LAG_COORD].dims == ("tau_w", "time")
@@ -190,7 +191,7 @@ def test_run_observables_layout_and_io_round_trip(tmp_path):
         "cell": "rnn_tanh", "lr": 0.5, "batch_size": 16, "device": "cpu",
     }  # fmt: skip
     assert ds["n_parameters_group"].values.ravel().tolist() == [6, 6, 5]
-    assert not ds["diverged"].item()
+    assert not ds["diverged"].item() and ds["diverged_step"].item() == -1
     io.write_netcdf(ds, tmp_path / "observables.nc")
     xr.testing.assert_identical(io.read_netcdf(tmp_path / "observables.nc", required=["tau"]), ds)
 
@@ -204,7 +205,7 @@ def test_run_observables_never_reached_is_censored_inf():
 def test_diverged_run_is_invalid_not_censored():
     traj = make_trajectory(status="diverged", diverged_step=200)
     ds = run_observables(traj, CONFIG, PROVENANCE).squeeze()
-    assert ds["diverged"].item() and ds.attrs["status"] == "diverged"
+    assert ds["diverged"].item() and ds.attrs["status"] == "diverged" and ds["diverged_step"].item() == 200
     assert np.isfinite(ds["tau"].sel(eps=0.3))  # reached before the divergence: kept
     assert ds["tau"].sel(eps=0.05).isnull() and ds["tau_epoch"].sel(eps=0.05).isnull()
     after = ds["step"] >= 200

@@ -233,8 +233,13 @@ def run_checks(fits: xr.Dataset) -> list[Check]:
     return [check(fits) for check in CHECKS]
 
 
-def table(checks: list[Check]) -> str:
-    """Format the checks as a Markdown table: claim, criterion, measured numbers, PASS/FAIL."""
+def table(checks: list[Check], excluded: str = "none") -> str:
+    """Format the checks as a Markdown table: claim, criterion, measured numbers, PASS/FAIL.
+
+    ``excluded`` (fits.nc's ``excluded_runs``) names the diverged runs that no fit used.
+    """
     rows = ["| # | claim (paper) | criterion | measured | result |", "|---|---|---|---|---|"]
     rows += [f"| {c.number} | {c.claim} | {c.criterion} | {c.measured} | **{c.verdict}** |" for c in checks]
+    if excluded != "none":
+        rows += ["", f"Left out of every fit (the loss became non-finite): {excluded}."]
     return "\n".join(rows) + "\n"

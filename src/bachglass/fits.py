@@ -246,10 +246,28 @@ def fit_study(
         "flag_values": [OVER, UNDER, UNDETERMINED],
         "flag_meanings": "over under undetermined",
     }
+    excluded = diverged_runs(study) + [
+        f"aging {run}" for run in ([] if aging is None else diverged_runs(aging))
+    ]
+    if excluded:
+        log.warning("%d runs diverged and are left out of every fit: %s", len(excluded), "; ".join(excluded))
     ds.attrs = {"data_floor": data_floor, "smoothing_decades": smoothing_decades}
+    ds.attrs["excluded_runs"] = "; ".join(excluded) or "none"  # netCDF attrs hold no empty list
     ds.attrs |= {k: v for k, v in asdict(config).items() if k != "window_start"}  # the fits' settings
     ds.attrs |= {k: study.attrs[k] for k in ("lr", "batch_size", "clip_norm", "steps") if k in study.attrs}
     return ds
+
+
+def diverged_runs(study: xr.Dataset) -> list[str]:
+    """Name the runs whose loss became non-finite, as ``d1_w8_s0 (diverged at step 123)``."""
+    flags = study["diverged"].astype(bool).stack(run=("depth", "width", "seed"))
+    steps = study["diverged_step"].stack(run=("depth", "width", "seed")) if "diverged_step" in study else None
+    runs = []
+    for k in np.flatnonzero(flags.values):
+        d, w, s = (int(v) for v in flags["run"].values[k])
+        where = "" if steps is None else f" at step {int(steps.values[k])}"
+        runs.append(f"d{d}_w{w}_s{s} (diverged{where})")
+    return runs
 
 
 def fit_aging_subset(
@@ -321,6 +339,8 @@ def metrics(fits: xr.Dataset) -> dict:
     the (depth, width) of one phase (under: below the transition, over: above it).
     """
     out: dict = {"data_floor": _number(fits.attrs["data_floor"])}
+    excluded = str(fits.attrs.get("excluded_runs", "none"))
+    out["excluded_runs"] = [] if excluded == "none" else excluded.split("; ")  # diverged: in no fit
     for d in fits["depth"].values:
         f = fits.sel(depth=d)
         fitted = f["eps"].values[np.isfinite(f["w_c"].values)]

@@ -49,6 +49,7 @@ ATTRS = {
     "n_parameters": ("number of trainable parameters", "1"),
     "n_parameters_group": ("number of trainable parameters in the group", "1"),
     "diverged": ("the run stopped on a non-finite loss", "1"),
+    "diverged_step": ("SGD step of the first non-finite loss; -1: did not diverge", STEPS),
     "time": ("training time", EPOCHS),
     "step": ("training time", STEPS),
     "eps": ("learning-time threshold above the data floor", NATS),
@@ -274,6 +275,9 @@ def run_observables(
             "n_parameters_group": xr.DataArray(counts, {"group": labels}, "group").expand_dims(run),
             "n_parameters": xr.DataArray(int(attrs["n_parameters"])).expand_dims(run),
             "diverged": xr.DataArray(attrs["status"] == "diverged").expand_dims(run),
+            "diverged_step": xr.DataArray(
+                int(attrs["diverged_step"]) if attrs["status"] == "diverged" else -1
+            ).expand_dims(run),
         }
     )
     epochs = trajectory["time"].values[np.searchsorted(step.values, tau_w)]
