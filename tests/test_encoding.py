@@ -256,6 +256,28 @@ def test_pitch_at_the_edge_of_midi_after_transposition_is_encoded(midi, transpos
     assert ds["pitch"].sel(voice="A").values[0, 25] == encoded
 
 
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        ([12.5, 0.5], "event [12.5, 0.5] is not [onset, duration, midi]"),
+        (["12.5", 0.5, 60], "event ['12.5', 0.5, 60] has a non-numeric onset or duration"),
+        ([12.5, float("nan"), 60], "event [12.5, nan, 60] has a non-numeric onset or duration"),
+    ],
+)
+def test_malformed_event_names_chorale_voice_and_event(event, problem):
+    chorale = bad_pitch_chorale(60)
+    chorale["voices"][1][25] = event
+    with pytest.raises(DataError, match=re.escape(f"chorales.json: chorale bwv101.7, voice A: {problem}")):
+        encode([chorale], config())
+
+
+def test_unknown_key_mode_is_a_data_error_only_when_transposing():
+    chorale = bad_pitch_chorale(60, key=(0, "dorian"))
+    with pytest.raises(DataError, match=re.escape("chorale bwv101.7: key mode 'dorian' is not one of major")):
+        encode([chorale], config(transpose="c_major_a_minor"))
+    encode([chorale], config())
+
+
 def test_chorale_with_five_voices_names_it():
     chorale = grid_chorale("x", [C, F])
     chorale["voices"].append(chorale["voices"][0])

@@ -171,7 +171,12 @@ def _check_pitches(chorale: dict[str, Any], shift: int) -> None:
         n = len(chorale["voices"])
         raise DataError(f"{where}: {n} voices, expected 4 (S, A, T, B); fix or drop the chorale")
     for name, events in zip(VOICES, chorale["voices"], strict=True):
-        for onset, _, midi in events:
+        for event in events:
+            if not isinstance(event, list | tuple) or len(event) != 3:
+                raise DataError(f"{where}, voice {name}: event {event!r} is not [onset, duration, midi]")
+            onset, duration, midi = event
+            if not all(isinstance(x, numbers.Real) and math.isfinite(x) for x in (onset, duration)):
+                raise DataError(f"{where}, voice {name}: event {event!r} has a non-numeric onset or duration")
             if problem := _pitch_problem(midi, shift):
                 at = f"{onset:g}" if isinstance(onset, numbers.Real) else repr(onset)
                 raise DataError(f"{where}, voice {name} at quarter {at}: {problem}")
@@ -181,7 +186,15 @@ def _grids(chosen: list[dict], config: EncodingConfig) -> list[np.ndarray]:
     """Pitch grids (step, voice) of the chosen chorales, transposed if the config asks for it."""
     grids = []
     for chorale in chosen:
-        shift = transpose_shift(chorale["key"]) if config.transpose == "c_major_a_minor" else 0
+        shift = 0
+        if config.transpose == "c_major_a_minor":
+            if chorale["key"].get("mode") not in TARGET_TONIC:
+                mode, modes = chorale["key"].get("mode"), ", ".join(TARGET_TONIC)
+                raise DataError(
+                    f"chorales.json: chorale {chorale['id']}: key mode {mode!r} is not one of {modes}; "
+                    "set encoding.transpose to none or drop the chorale"
+                )
+            shift = transpose_shift(chorale["key"])
         _check_pitches(chorale, shift)
         grid = sample_grid(chorale, config.steps_per_quarter)
         grids.append(np.where(grid >= 0, grid + shift, grid))

@@ -78,7 +78,7 @@ def read_netcdf(path: str | Path, required: Iterable[str] = ()) -> xr.Dataset:
     try:
         with xr.open_dataset(path, engine="netcdf4") as ds:
             ds = ds.load()
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, AttributeError, KeyError) as err:  # netCDF4/HDF5 damage
         raise DataError(f"{path}: not a readable NetCDF file ({err}); {redo}") from err
     for name in required:
         if name not in ds.variables:
