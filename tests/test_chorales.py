@@ -217,13 +217,14 @@ def test_existing_file_with_the_right_checksum_is_not_downloaded_again(server, t
     assert server.hits == []
 
 
-def test_checksum_mismatch_names_url_and_key_and_leaves_no_file(server, tmp_path):
+def test_checksum_mismatch_names_url_and_key_and_keeps_the_file_there_before(server, tmp_path):
     server.files["/jsb.json"] = b'{"train": []}'
     url, dest = f"{server.base}/jsb.json", tmp_path / "jsb.json"
-    dest.write_bytes(b"stale")
+    dest.write_bytes(b"downloaded before")
     with pytest.raises(DataError, match=re.escape(f"{url}: sha256 ") + ".*data.url.sha256 f00"):
         chorales.download(url, "f00", dest)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [dest]  # no temporary file left
+    assert dest.read_bytes() == b"downloaded before"  # the mismatching body never replaced it
 
 
 def test_truncated_download_is_a_data_error_naming_the_url(server, tmp_path):
@@ -231,7 +232,8 @@ def test_truncated_download_is_a_data_error_naming_the_url(server, tmp_path):
     server.files["/jsb.json"] = body
     server.truncate.add("/jsb.json")
     url = f"{server.base}/jsb.json"
-    with pytest.raises(DataError, match=re.escape(f"{url}: ")):
+    cut = f"{url}: download cut short ({len(body) // 2} of {len(body)} bytes); try again"
+    with pytest.raises(DataError, match=re.escape(cut)):  # not "update the checksum"
         chorales.download(url, sha(body), tmp_path / "jsb.json")
     assert list(tmp_path.iterdir()) == []
 

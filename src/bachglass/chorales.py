@@ -209,7 +209,6 @@ def download(url: str, sha256: str, dest: Path) -> Path:
             logger.info("%s: already downloaded, checksum matches", dest)
             return dest
         logger.info("%s: checksum differs from data.url.sha256; downloading again", dest)
-        dest.unlink()
     digest = hashlib.sha256()
     try:
         with (
@@ -217,9 +216,15 @@ def download(url: str, sha256: str, dest: Path) -> Path:
             io.atomic_path(dest) as tmp,
             tmp.open("wb") as out,
         ):
+            received = 0
             for chunk in iter(lambda: response.read(1 << 16), b""):
                 digest.update(chunk)
                 out.write(chunk)
+                received += len(chunk)
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and received != int(length):
+                # http.client ends a short body silently when read in chunks
+                raise DataError(f"{url}: download cut short ({received} of {length} bytes); try again")
             if (got := digest.hexdigest()) != sha256:
                 raise DataError(
                     f"{url}: sha256 {got} does not match data.url.sha256 {sha256}; "

@@ -182,20 +182,24 @@ def _check_pitches(chorale: dict[str, Any], shift: int) -> None:
                 raise DataError(f"{where}, voice {name} at quarter {at}: {problem}")
 
 
+def _shift(chorale: dict[str, Any], config: EncodingConfig) -> int:
+    """Semitones by which the config transposes ``chorale`` (0 unless transposing)."""
+    if config.transpose != "c_major_a_minor":
+        return 0
+    if chorale["key"].get("mode") not in TARGET_TONIC:
+        mode, modes = chorale["key"].get("mode"), ", ".join(TARGET_TONIC)
+        raise DataError(
+            f"chorales.json: chorale {chorale['id']}: key mode {mode!r} is not one of {modes}; "
+            "set encoding.transpose to none or drop the chorale"
+        )
+    return transpose_shift(chorale["key"])
+
+
 def _grids(chosen: list[dict], config: EncodingConfig) -> list[np.ndarray]:
     """Pitch grids (step, voice) of the chosen chorales, transposed if the config asks for it."""
     grids = []
     for chorale in chosen:
-        shift = 0
-        if config.transpose == "c_major_a_minor":
-            if chorale["key"].get("mode") not in TARGET_TONIC:
-                mode, modes = chorale["key"].get("mode"), ", ".join(TARGET_TONIC)
-                raise DataError(
-                    f"chorales.json: chorale {chorale['id']}: key mode {mode!r} is not one of {modes}; "
-                    "set encoding.transpose to none or drop the chorale"
-                )
-            shift = transpose_shift(chorale["key"])
-        _check_pitches(chorale, shift)
+        shift = _shift(chorale, config)
         grid = sample_grid(chorale, config.steps_per_quarter)
         grids.append(np.where(grid >= 0, grid + shift, grid))
     return grids
@@ -227,6 +231,8 @@ def encode(
     both, so a held-out chorale never holds an unknown token; the data floor is computed on the
     training chorales only, since it is the floor of the training loss.
     """
+    for chorale in chorales:  # every chorale, chosen or not: bad data is reported, never skipped
+        _check_pitches(chorale, _shift(chorale, config))
     chosen, n_train = select(chorales, config)
     grids = _grids(chosen, config)
     lengths = np.array([len(g) for g in grids], dtype=np.int64)

@@ -12,6 +12,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
 
 from bachglass.errors import ParamsError
+from bachglass.io import params_sha256
 from bachglass.params import validate_params
 
 try:
@@ -143,6 +144,15 @@ def code(*modules):
     io (file format, provenance) and errors are used by every step, so they are always included.
     """
     return upstream([f"src/bachglass/{module}.py" for module in (*modules, "io", "errors")])
+
+
+def staging(section, name):
+    """Where a data step stages its output ``name`` until a publish_* rule moves it into place.
+
+    The folder is keyed by the hash of the step's params section: a failed attempt with other params
+    leaves Snakemake's record of it on another path, so taking the params back re-runs nothing.
+    """
+    return f"{DATA}/.staging/{section}-{params_sha256(config[section])[:16]}/{name}"
 
 
 def score_files(wildcards):

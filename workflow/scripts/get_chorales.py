@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 def main() -> None:
     """Map the `data` params onto one acquisition call; write the chorales and the manifest."""
     out = Path(snakemake.output.chorales)
-    kept, skipped = chorales.acquire(snakemake.params.data, download_dir=out.parent)
+    kept, skipped = chorales.acquire(snakemake.params.data, download_dir=Path(snakemake.params.download_dir))
     io.write_json({"source": snakemake.params.data["source"], "chorales": kept}, out)
     io.write_tsv(chorales.manifest_rows(kept, skipped), snakemake.output.manifest, chorales.MANIFEST_COLUMNS)
 

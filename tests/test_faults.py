@@ -1,0 +1,190 @@
+"""Faults injected into a finished tiny study: bad params, bad scores, bad downloads, a corrupt run file.
+
+Each fault is run the way a user meets it, `snakemake --cores 2` in the study's directory: it must stop
+with a non-zero exit and one line that names the culprit (no traceback), and leave every result that
+was computed before it as it was, byte for byte. Where the fault was a changed config, taking it back
+must leave nothing to do: no step re-runs for a fault that never got anywhere.
+"""
+
+import hashlib
+import http.server
+import json
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from music21 import converter, corpus
+from workflow_helpers import run
+
+pytestmark = pytest.mark.slow
+SMK = ["snakemake", "--cores", "2"]
+CHORALES = "results/data/chorales/chorales.json"
+MANIFEST = "results/data/chorales/manifest.tsv"
+RUN = "results/runs/d1_w2_s0"
+
+
+def results(repo: Path) -> dict[str, str]:
+    """SHA-256 of every result file (logs and benchmarks aside: each attempt writes its own)."""
+    skip = ("results/logs/", "results/benchmarks/")
+    files = (p for p in (repo / "results").rglob("*") if p.is_file())
+    digests = {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {k: v for k, v in digests.items() if not k.startswith(skip)}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[dict[str, bytes]]:
+    """An HTTP server on 127.0.0.1 serving path -> bytes; a path ending in ``.cut`` sends half its body."""
+    files: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = files.get(self.path.removesuffix(".cut"))
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if self.path.endswith(".cut") else body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    files["base"] = f"http://127.0.0.1:{httpd.server_address[1]}".encode()
+    yield files
+    httpd.shutdown()
+
+
+def score_file(tmp_path: Path, edit: Callable, name: str) -> Path:
+    """A Bach chorale from music21's corpus, edited, written as MusicXML."""
+    score = converter.parse(corpus.getWork("bwv101.7"))
+    edit(score)
+    return Path(score.write("musicxml", fp=tmp_path / name))
+
+
+def own_scores(paths: list[Path]) -> dict:
+    return {"data": {"source": "files", "files": {"paths": [str(p) for p in paths]}}}
+
+
+def fault_unparsable(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    bad = tmp_path / "broken.musicxml"
+    bad.write_text("<score-partwise><part id='P1'><measure><note>")
+    return own_scores([bad]), f"{bad}: music21 cannot parse this score"
+
+
+def fault_three_parts(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    path = score_file(tmp_path, lambda s: s.remove(s.parts[1]), "three.musicxml")
+    return own_scores([path]), f"{path}: 3 parts, expected 4 (S, A, T, B)"
+
+
+def fault_five_parts(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    import copy
+
+    path = score_file(tmp_path, lambda s: s.insert(0, copy.deepcopy(s.parts[1])), "five.musicxml")
+    return own_scores([path]), f"{path}: 5 parts, expected 4 (S, A, T, B)"
+
+
+def fault_pitch_outside_midi(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    """chorales.json (say, from another tool) holds an alto note at MIDI 200: the encoding step meets it."""
+    path = repo / CHORALES
+    doc = json.loads(path.read_text())
+    chorale = doc["chorales"][0]
+    onset = chorale["voices"][1][3][0]
+    chorale["voices"][1][3][2] = 200
+    path.write_text(json.dumps(doc))
+    where = f"chorales.json: chorale {chorale['id']}, voice A at quarter {onset:g}"
+    return {}, f"{where}: pitch 200 is outside MIDI 0-127 (and not -1, a rest)"
+
+
+def fault_empty_corpus(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    config = {"encoding": {"min_quarters": 300, "max_quarters": 301}}
+    return config, "chorales lasts 300-301 quarters; widen encoding.min_quarters/encoding.max_quarters"
+
+
+def jsb_source(server: dict, path: str, sha256: str) -> dict:
+    url = {"url": server["base"].decode() + path, "sha256": sha256, "steps_per_quarter": 4}
+    return {"data": {"source": "url", "url": url | {"splits": ["train"]}}}
+
+
+def fault_wrong_checksum(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    server["/jsb.json"] = json.dumps({"train": [[[60, 55, 52, 48]] * 16]}).encode()
+    url = server["base"].decode() + "/jsb.json"
+    return jsb_source(server, "/jsb.json", "0" * 64), f"{url}: sha256 "
+
+
+def fault_truncated_download(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    body = json.dumps({"train": [[[60, 55, 52, 48]] * 16]}).encode()
+    server["/jsb.json"] = body
+    url = server["base"].decode() + "/jsb.json.cut"
+    return jsb_source(server, "/jsb.json.cut", hashlib.sha256(body).hexdigest()), f"{url}: download cut short"
+
+
+def fault_corrupt_trajectory(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+    """A run's trajectory.nc damaged on disk (not by us: we write atomically), newer than its observables."""
+    (repo / RUN / "trajectory.nc").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    return {}, f"{RUN}/trajectory.nc: not a readable NetCDF file"
+
+
+# fault: (inject, results it may remove: the outputs that depend on the damaged file it planted)
+FAULTS = {
+    "params: unknown key": (
+        lambda *_: ({"train": {"devcie": "cpu"}}, "params.yaml: train: Additional properties"),
+        [],
+    ),
+    "params: wrong type": (
+        lambda *_: ({"train": {"steps": "x"}}, "params.yaml: train.steps: 'x' is not of type 'integer'"),
+        [],
+    ),
+    "params: negative width": (
+        lambda *_: ({"grid": {"width": [-4]}}, "params.yaml: grid.width.0: -4 is less than the minimum of 1"),
+        [],
+    ),
+    "params: empty grid": (
+        lambda *_: ({"grid": {"seed": []}}, "params.yaml: grid.seed: [] should be non-empty"),
+        [],
+    ),
+    "params: thresholds out of order": (
+        lambda *_: (
+            {"observables": {"eps": [0.5, 1.0]}},
+            "params.yaml: observables.eps: [0.5, 1.0] is not in decreasing order",
+        ),
+        [],
+    ),
+    "unparsable MusicXML": (fault_unparsable, []),
+    "chorale with 3 parts": (fault_three_parts, []),
+    "chorale with 5 parts": (fault_five_parts, []),
+    "note outside the vocabulary": (fault_pitch_outside_midi, []),
+    "empty corpus after filtering": (fault_empty_corpus, []),
+    "download: wrong checksum": (fault_wrong_checksum, []),
+    "download: truncated body": (fault_truncated_download, []),
+    # Snakemake deletes a job's outputs before it runs it: this run's observables, made from the file
+    # that is now damaged, go (a rerun of its training makes both again)
+    "corrupt trajectory.nc": (fault_corrupt_trajectory, [f"{RUN}/observables.nc"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_fault_stops_with_one_line_naming_it_and_loses_nothing(tiny_study, tmp_path, server, fault):
+    inject, removed = FAULTS[fault]
+    repo = shutil.copytree(tiny_study, tmp_path / "repo", symlinks=True)
+    config, message = inject(repo, tmp_path, server)
+    before = results(repo)  # the fault itself may be a damaged result file
+    args = []
+    if config:
+        (tmp_path / "fault.yaml").write_text(yaml.safe_dump(config))
+        args = ["--configfile", str(tmp_path / "fault.yaml")]
+    proc = run([*SMK, *args], repo, check=False)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if message in line]
+    assert len(ours) >= 1 and all(line.count(message) == 1 for line in ours), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    after = results(repo)
+    assert {k: v for k, v in before.items() if k not in removed} == after
+    assert not [p for p in (repo / "results").rglob("*.tmp")]  # no half-written file left
+    if config:  # the config taken back: nothing to redo
+        assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout
