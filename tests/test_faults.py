@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 from music21 import converter, corpus
-from workflow_helpers import run
+from workflow_helpers import TINY, copy_project, run
+
+from bachglass import figures, io
+from bachglass.params import deep_merge
 
 pytestmark = pytest.mark.slow
 SMK = ["snakemake", "--cores", "2"]
@@ -188,3 +191,47 @@ def test_a_fault_stops_with_one_line_naming_it_and_loses_nothing(tiny_study, tmp
     assert not [p for p in (repo / "results").rglob("*.tmp")]  # no half-written file left
     if config:  # the config taken back: nothing to redo
         assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout
+
+
+def test_a_diverging_run_stops_is_masked_and_left_out_and_the_study_completes(tmp_path):
+    """lr 1e38 without clipping: the width-8 nets overflow within a few steps, the width-2 ones do not."""
+    tiny = yaml.safe_load(TINY.read_text())
+    repo = copy_project(tmp_path, deep_merge(tiny, {"train": {"lr": 1e38, "clip_norm": None}}))
+    run([*SMK], repo)
+    excluded = []
+    for d in (1, 2):
+        for w in (2, 8):
+            run_dir = repo / f"results/runs/d{d}_w{w}_s0"
+            trajectory = io.read_netcdf(run_dir / "trajectory.nc")
+            observables = io.read_netcdf(run_dir / "observables.nc").squeeze(("depth", "width", "seed"))
+            k = trajectory.attrs["diverged_step"]
+            assert trajectory.attrs["status"] == ("diverged" if w == 8 else "completed")
+            assert bool(observables["diverged"]) == (w == 8) and int(observables["diverged_step"]) == k
+            if w == 8:
+                excluded.append(f"d{d}_w{w}_s0 (diverged at step {k})")
+                after = trajectory["step"] >= k
+                assert 0 < k < 10 and trajectory["loss"].where(after).isnull().all()
+                assert observables["msd"].where(observables["step"] >= k).isnull().all()
+                assert observables["tau"].isnull().all()  # never reached before it diverged: invalid, not inf
+            else:
+                assert trajectory["loss"].notnull().all()
+    excluded += [f"aging d1_w8_s{s} (diverged at step {k})" for s, k in aging_divergence(repo)]
+    fits = io.read_netcdf(repo / "results/fits.nc")
+    assert fits.attrs["excluded_runs"] == "; ".join(excluded)
+    assert json.loads((repo / "results/metrics.json").read_text())["excluded_runs"] == excluded
+    assert (
+        f"left out of every fit: {'; '.join(excluded)}" in (repo / "results/logs/fit_study.log").read_text()
+    )
+    table = (repo / "results/science_checks.md").read_text()
+    assert f"Left out of every fit (the loss became non-finite): {'; '.join(excluded)}." in table
+    assert all((repo / f"results/figures/{name}.png").stat().st_size > 0 for name in figures.FIGURES)
+
+
+def aging_divergence(repo: Path) -> list[tuple[int, int]]:
+    """(seed, diverged step) of the aging subset's runs that diverged."""
+    steps = []
+    for seed in (0, 1):
+        attrs = io.read_netcdf(repo / f"results/aging/d1_w8_s{seed}/trajectory.nc").attrs
+        if attrs["status"] == "diverged":
+            steps.append((seed, int(attrs["diverged_step"])))
+    return steps
