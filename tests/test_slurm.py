@@ -9,12 +9,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import ROOT, copy_project, run
+from workflow_helpers import ROOT, copy_project, edit_params, env, run
 
 LIVE = os.environ.get("BACHGLASS_SLURM")
 NO_SLURM = os.environ.get(
@@ -76,11 +80,14 @@ def site_profile(repo: Path, name: str) -> None:
     path.write_text(yaml.safe_dump(config | TEST_SETTINGS, sort_keys=False))
 
 
-def snakemake_on_slurm(repo: Path, name: str, *targets: str) -> subprocess.CompletedProcess[str]:
+def snakemake_on_slurm_cmd(name: str, *targets: str) -> list[str]:
     # timeout -k: Snakemake can ignore SIGTERM while it waits on jobs it lost track of
     # (--foreground: Ctrl-C reaches Snakemake, which then cancels its SLURM jobs)
-    cmd = ["timeout", "--foreground", "-k", "30", "900", "snakemake", *targets, "--profile", name]
-    return run(cmd, repo, check=False)
+    return ["timeout", "--foreground", "-k", "30", "900", "snakemake", *targets, "--profile", name]
+
+
+def snakemake_on_slurm(repo: Path, name: str, *targets: str) -> subprocess.CompletedProcess[str]:
+    return run(snakemake_on_slurm_cmd(name, *targets), repo, check=False)
 
 
 def accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -211,3 +218,110 @@ def test_a_failing_job_is_reported_failed_without_accounting(cluster_study, tmp_
     assert "chorales.json: no 'chorales' list" in job_log, job_log
     assert "chorales.json: no 'chorales' list" in (repo / "results/logs/encode_chorales.log").read_text()
     assert (repo / "results/study.nc").read_bytes() == study
+
+
+# One training job long enough to be preempted twice: d2_w8 trains ~1500 steps/s on one CPU, so ~13 s,
+# with a resumable checkpoint every ~2.5 s. The job ends ~30 s after its submission (three startups of ~4 s
+# included); Snakemake polls SLURM 2, 14, 36, 68 s after it, so the test takes 45 s, or 75 s on a busy node.
+LONG_TRAIN = {"steps": 20000, "resume_every": 4000}
+LONG_RUN = "results/runs/d2_w8_s0"
+
+
+def squeue_job(job_id: str) -> tuple[str, str]:
+    """The job's state and pending reason in squeue (("", "") once it has left it)."""
+    cmd = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    state, _, reason = out.partition("|")
+    return state, reason
+
+
+def wait_for(what: str, condition: Callable[[], object], proc: subprocess.Popen, log: Path) -> object:
+    """Poll ``condition`` until it holds; fail if the Snakemake run ``proc`` ends first, or after 2 min."""
+    deadline = time.monotonic() + 120
+    while not (value := condition()):
+        assert proc.poll() is None, f"snakemake ended ({proc.returncode}) before {what}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()}"
+        time.sleep(0.5)
+    return value
+
+
+@live
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["slurm", "slurm-squeue"])
+def test_a_preempted_training_job_is_requeued_and_resumes(tmp_path, name):
+    """Preemption with PreemptMode=REQUEUE, as `scontrol requeue` does it: SIGTERM to the running job, then
+    back in the queue under the same job id (sacct records the attempt REQUEUED; a preemption by a job of a
+    higher partition, tried by hand, records it PREEMPTED and goes on the same way). Twice, each time once
+    the attempt has saved a checkpoint of its own. Snakemake keeps waiting on that job id; each attempt
+    saves on SIGTERM and the next resumes from there; the run ends byte-identical to one never interrupted."""
+    repo = copy_project(tmp_path / "cluster")
+    edit_params(repo, {"train": LONG_TRAIN})
+    site_profile(repo, name)
+    run(["snakemake", "results/data/encoded.nc", "--cores", "1"], repo)  # only the training goes to SLURM
+    reference = shutil.copytree(repo, tmp_path / "reference", symlinks=True)
+    target = f"{LONG_RUN}/trajectory.nc"
+    checkpoint = repo / LONG_RUN / "trajectory.ckpt.pt"
+    rule_log = repo / "results/logs/train_run/d2_w8_s0.log"
+    out, local_out = tmp_path / "cluster.out", tmp_path / "local.out"
+    procs: list[subprocess.Popen] = []
+    job_id = ""
+
+    def start(cmd: list[str], cwd: Path, output: Path) -> subprocess.Popen:
+        with output.open("w") as sink:  # in a session of its own: a failed test kills it whole
+            proc = subprocess.Popen(
+                cmd, cwd=cwd, env=env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        procs.append(proc)
+        return proc
+
+    def saved_anew(resumed: int, mtime_before: int | None) -> bool:
+        """The attempt runs, has resumed `resumed` times (Snakemake deletes the rule's log before each
+        attempt: 0 or 1) and has written a checkpoint since the last attempt's."""
+        text = rule_log.read_text() if rule_log.exists() else ""
+        fresh = checkpoint.exists() and checkpoint.stat().st_mtime_ns != mtime_before
+        return squeue_job(job_id)[0] == "RUNNING" and text.count("resuming at step") == resumed and fresh
+
+    try:
+        local = start(["snakemake", target, "--cores", "1"], reference, local_out)  # on the other CPU
+        cluster = start(snakemake_on_slurm_cmd(name, target), repo, out)
+        submitted = r"submitted with SLURM jobid (\d+)"
+        found = wait_for("the submission", lambda: re.search(submitted, out.read_text()), cluster, out)
+        job_id = found.group(1)
+        mtime_before = None
+        for kill in range(2):
+            wait_for(f"checkpoint {kill + 1}", partial(saved_anew, min(kill, 1), mtime_before), cluster, out)
+            run(["scontrol", "requeue", job_id], repo)
+            wait_for("the requeue", lambda: squeue_job(job_id) == ("PENDING", "BeginTime"), cluster, out)
+            mtime_before = checkpoint.stat().st_mtime_ns  # the SIGTERM save: the attempt has left its node
+            # SLURM holds a requeued job for AuthInfo's cred_expire (120 s by default, slurm.conf(5))
+            # before it may start again: nothing on a cluster, but it would triple this test's time
+            run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], repo)
+        cluster.wait(timeout=300)
+        local.wait(timeout=300)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if job_id:
+            subprocess.run(["scancel", job_id], capture_output=True)
+
+    log = out.read_text()
+    assert cluster.returncode == 0, log
+    assert local.returncode == 0, local_out.read_text()
+    # the same job all along: never resubmitted, never seen as failed
+    assert re.findall(submitted, log) == [job_id], log
+    history = ["sacct", "--duplicates", "-X", "-P", "-n", "-j", job_id, "-o", "State"]
+    states = subprocess.run(history, capture_output=True, text=True, check=True).stdout.split()
+    assert states == ["REQUEUED", "REQUEUED", "COMPLETED"], states
+    # SLURM's log of the job holds all three attempts (the profile's --open-mode=append): each stop and
+    # the resume after it, at the same step
+    slurm_log = (repo / f"results/logs/slurm/rule_train_run_s0/2_8/{job_id}.log").read_text()
+    requeued = re.findall(rf"\*\*\* JOB {job_id} ON \S+ CANCELLED AT \S+ DUE TO JOB REQUEUE", slurm_log)
+    stops = re.findall(r"SIGTERM at step (\d+)\b.*resumable state saved", slurm_log)
+    resumes = re.findall(r"resuming at step (\d+)", slurm_log)
+    assert len(requeued) == 2 and len(stops) == 2, slurm_log
+    assert resumes == stops and int(stops[0]) < int(stops[1]), slurm_log
+    assert f"resuming at step {stops[1]}" in rule_log.read_text()  # the last attempt's own log
+    assert not checkpoint.exists()  # removed once the trajectory was written
+    assert (repo / target).read_bytes() == (reference / target).read_bytes()
