@@ -29,8 +29,9 @@ class DivergenceError(BachglassError):
 def run_step(main: Callable[[], None], log: str | Path | None = None) -> None:
     """Run a workflow step; report a ``BachglassError`` as one line on stderr and in the log, exit 1.
 
-    Library logging goes to stderr and, when given, to the rule's log file (appended to, so a resumed
-    run keeps the record of the attempt before). Our own bugs keep their traceback, in the log too.
+    Library logging goes to stderr and, when given, to the rule's log file (appended to: a script run
+    by hand keeps earlier attempts; Snakemake deletes a rule's log before each job, and on SLURM the
+    job's own log keeps every attempt). Our own bugs keep their traceback, in the log too.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log is not None:
