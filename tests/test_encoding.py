@@ -260,8 +260,8 @@ def test_pitch_at_the_edge_of_midi_after_transposition_is_encoded(midi, transpos
     ("event", "problem"),
     [
         ([12.5, 0.5], "event [12.5, 0.5] is not [onset, duration, midi]"),
-        (["12.5", 0.5, 60], "event ['12.5', 0.5, 60] has a non-numeric onset or duration"),
-        ([12.5, float("nan"), 60], "event [12.5, nan, 60] has a non-numeric onset or duration"),
+        (["12.5", 0.5, 60], "event ['12.5', 0.5, 60] has a bad onset or duration"),
+        ([12.5, float("nan"), 60], "event [12.5, nan, 60] has a bad onset or duration"),
     ],
 )
 def test_malformed_event_names_chorale_voice_and_event(event, problem):
@@ -269,6 +269,31 @@ def test_malformed_event_names_chorale_voice_and_event(event, problem):
     chorale["voices"][1][25] = event
     with pytest.raises(DataError, match=re.escape(f"chorales.json: chorale bwv101.7, voice A: {problem}")):
         encode([chorale], config())
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda c: c.pop("id"), "chorale #0: no string 'id'"),
+        (lambda c: c.pop("length_quarters"), "chorale bwv101.7: 'length_quarters' None is not a length"),
+        (lambda c: c.update(key=None), "chorale bwv101.7: 'key' None is not {tonic_pc: 0-11, mode: ...}"),
+        (lambda c: c["key"].update(tonic_pc="G"), "chorale bwv101.7: 'key' {'tonic_pc': 'G'"),
+        (lambda c: c.pop("voices"), "chorale bwv101.7: 'voices' is not a list of event lists"),
+        (
+            lambda c: c["voices"][1][25].__setitem__(1, -0.5),
+            "chorale bwv101.7, voice A: event [12.5, -0.5, 60] has a bad onset",
+        ),
+        (
+            lambda c: c["voices"][1][25].__setitem__(0, True),
+            "chorale bwv101.7, voice A: event [True, 0.5, 60] has a bad onset",
+        ),
+    ],
+)
+def test_malformed_chorale_is_a_data_error_naming_it(edit, problem):
+    chorale = bad_pitch_chorale(60)
+    edit(chorale)
+    with pytest.raises(DataError, match=re.escape(f"chorales.json: {problem}")):
+        encode([chorale], config(transpose="c_major_a_minor"))
 
 
 def test_unknown_key_mode_is_a_data_error_only_when_transposing():

@@ -1,5 +1,8 @@
 """The batched ensemble: each member trains as plain per-model SGD of its seed would; packs, cache."""
 
+import contextlib
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -173,6 +176,70 @@ def test_runs_interrupted_at_different_steps_resume_as_separate_cohorts(
         fraction = a.clip_fraction.values
         assert ((fraction > 0) & (fraction < 1)).any()  # clipping on and off between checkpoints
     assert resumed[0].attrs["ensemble_size"] == 1  # the resumed one trained on alone
+
+
+def die_at_save(monkeypatch, n):
+    """Interrupt the run just before its ``n``-th checkpoint file is written (a kill between files)."""
+    calls = [0]
+    real = torch.save
+
+    def save(obj, path):
+        calls[0] += 1
+        if calls[0] == n:
+            monkeypatch.setattr(torch, "save", real)
+            raise Interrupted
+        real(obj, path)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def assert_bitwise(runs, reference):
+    for a, b in zip(runs, reference, strict=True):
+        assert a.identical(b)
+
+
+def test_a_state_saved_at_step_0_beside_a_missing_one_resumes_as_a_fresh_start(
+    encoded, tmp_path, monkeypatch
+):
+    """A stop signal pending when training starts saves step 0; a kill then leaves one run's file only."""
+    cfg = config(clip_norm=0.2)
+    uninterrupted = train.train_runs(encoded, 1, 6, [0, 1], cfg, progress=False)
+    paths = [tmp_path / "s0.ckpt.pt", tmp_path / "s1.ckpt.pt"]
+
+    @contextlib.contextmanager
+    def pending_sigterm():
+        yield [signal.SIGTERM]
+
+    monkeypatch.setattr(train, "stop_signals", pending_sigterm)
+    die_at_save(monkeypatch, 2)  # run 0 saved at step 0, run 1 not
+    with pytest.raises(Interrupted):
+        train.train_runs(encoded, 1, 6, [0, 1], cfg, paths, progress=False)
+    monkeypatch.undo()
+    assert torch.load(paths[0], weights_only=True)["counters"][0] == 0 and not paths[1].exists()
+    assert_bitwise(train.train_runs(encoded, 1, 6, [0, 1], cfg, paths, progress=False), uninterrupted)
+
+
+def test_a_cohort_saved_apart_rejoins_inside_a_job_that_trains_several_cohorts(
+    encoded, tmp_path, monkeypatch
+):
+    """Seed 2 resumes alone at step 25; seeds 0 and 1 train as a cohort and are killed between their files."""
+    cfg = config(clip_norm=0.2, resume_every=10)
+    paths = [tmp_path / f"s{seed}.ckpt.pt" for seed in (0, 1, 2)]
+    die_at_save(monkeypatch, 3)  # seed 2 alone: saves at 10 and 20, killed before the one at 30
+    with pytest.raises(Interrupted):
+        train.train_runs(encoded, 1, 6, [2], cfg, [paths[2]], progress=False)
+    monkeypatch.undo()
+    seed2 = paths[2].read_bytes()
+    uninterrupted = train.train_runs(encoded, 1, 6, [0, 1, 2], cfg, paths, progress=False)
+    paths[2].write_bytes(seed2)  # the same start for the interrupted job
+    for path in paths[:2]:
+        path.unlink()
+    die_at_save(monkeypatch, 6)  # cohort (0, 1) saves at 10, 20, then seed 0 at 30, not seed 1
+    with pytest.raises(Interrupted):
+        train.train_runs(encoded, 1, 6, [0, 1, 2], cfg, paths, progress=False)
+    monkeypatch.undo()
+    assert [torch.load(p, weights_only=True)["counters"][0] for p in paths] == [30, 20, 20]
+    assert_bitwise(train.train_runs(encoded, 1, 6, [0, 1, 2], cfg, paths, progress=False), uninterrupted)
 
 
 def test_under_dvc_a_pack_is_trained_once_and_taken_from_the_cache(encoded, tmp_path):

@@ -93,15 +93,14 @@ def fault_five_parts(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, st
 
 
 def fault_pitch_outside_midi(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
-    """chorales.json (say, from another tool) holds an alto note at MIDI 200: the encoding step meets it."""
-    path = repo / CHORALES
-    doc = json.loads(path.read_text())
-    chorale = doc["chorales"][0]
-    onset = chorale["voices"][1][3][0]
-    chorale["voices"][1][3][2] = 200
-    path.write_text(json.dumps(doc))
-    where = f"chorales.json: chorale {chorale['id']}, voice A at quarter {onset:g}"
-    return {}, f"{where}: pitch 200 is outside MIDI 0-127 (and not -1, a rest)"
+    """A downloaded chorale in G major whose soprano opens on F#9 (MIDI 126): transposed up to C, 131."""
+    g, c, d = [67, 62, 59, 43], [72, 64, 60, 48], [74, 66, 62, 50]
+    body = json.dumps({"train": [[[126, 62, 59, 43]] * 4 + [g] * 4 + [c] * 4 + [d] * 4 + [g] * 4]}).encode()
+    server["/high.json"] = body
+    config = jsb_source(server, "/high.json", hashlib.sha256(body).hexdigest())
+    config["encoding"] = {"transpose": "c_major_a_minor"}
+    where = "chorales.json: chorale train000, voice S at quarter 0"
+    return config, f"{where}: pitch 131 (126 transposed by +5) is outside MIDI 0-127"
 
 
 def fault_empty_corpus(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
@@ -187,7 +186,14 @@ def test_a_fault_stops_with_one_line_naming_it_and_loses_nothing(tiny_study, tmp
     assert len(ours) >= 1 and all(line.count(message) == 1 for line in ours), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     after = results(repo)
-    assert {k: v for k, v in before.items() if k not in removed} == after
+    assert {k: v for k, v in before.items() if k not in removed} == {
+        k: after.get(k) for k in before if k not in removed
+    }
+    assert set(before) - set(after) == set(removed)
+    new = set(after) - set(before)  # a download, or what the data step that succeeded staged
+    assert all(
+        k.startswith("results/data/.staging/") or (k.endswith(".json") and "/chorales/" in k) for k in new
+    ), new
     assert not [p for p in (repo / "results").rglob("*.tmp")]  # no half-written file left
     if config:  # the config taken back: nothing to redo
         assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout

@@ -133,13 +133,13 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     repo, log = cluster_study
     jobs = slurm_jobs(repo)
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    assert sorted(jobs) == sorted(submitted) and len(jobs) == 18  # every job but `all` and publish_*
+    assert sorted(jobs) == sorted(submitted) and len(jobs) == 18  # every job but `all` and publish_data
     records = accounting(list(jobs))
     assert {r["State"] for r in records.values()} == {"COMPLETED"}, records
     # every result file was written by exactly one SLURM job (the job id is kept out of the NetCDF attrs,
     # which are the same bytes wherever they were computed: DESIGN, file contracts)
     made_by = [path for job in jobs.values() for path in job["outputs"]]
-    # a data step's job writes to a staging folder; publish_* (a localrule) then moves the file into place
+    # a data step's job writes to a staging folder; publish_data (a localrule) moves the files into place
     made_by = [re.sub(r"^results/data/\.staging/[^/]+/", "results/data/", path) for path in made_by]
     results = sorted(str(p.relative_to(repo)) for p in (repo / "results").rglob("*.nc"))
     assert len(results) == 16 and all(made_by.count(path) == 1 for path in results), (results, made_by)
@@ -206,9 +206,12 @@ def test_a_failing_job_is_reported_failed_without_accounting(cluster_study, tmp_
     assert sacct.returncode != 0 and "accounting storage is disabled" in sacct.stderr, sacct
     repo = shutil.copytree(cluster_study[0], tmp_path / "repo", symlinks=True)
     site_profile(repo, "slurm-squeue")
-    study = (repo / "results/study.nc").read_bytes()
-    (repo / "results/data/chorales/chorales.json").write_text(json.dumps({"not": "chorales"}))
-    proc = snakemake_on_slurm(repo, "slurm-squeue", "results/data/encoded.nc")
+    kept = {path: (repo / path).read_bytes() for path in ("results/study.nc", "results/data/encoded.nc")}
+    bad = tmp_path / "broken.musicxml"  # the user's own score, which music21 cannot parse
+    bad.write_text("<score-partwise><part id='P1'><measure><note>")
+    config = tmp_path / "own_scores.yaml"
+    config.write_text(json.dumps({"data": {"source": "files", "files": {"paths": [str(bad)]}}}))
+    proc = snakemake_on_slurm(repo, "slurm-squeue", "--configfile", str(config))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     failed = re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: 'FAILED'", out)
@@ -216,10 +219,10 @@ def test_a_failing_job_is_reported_failed_without_accounting(cluster_study, tmp_
     squeue = ["squeue", "-t", "all", "-h", "-j", failed[0], "-o", "%T"]
     state = subprocess.run(squeue, capture_output=True, text=True)
     assert state.stdout.strip() == "FAILED", state
-    job_log = (repo / f"results/logs/slurm/rule_encode_chorales/{failed[0]}.log").read_text()
-    assert "chorales.json: no 'chorales' list" in job_log, job_log
-    assert "chorales.json: no 'chorales' list" in (repo / "results/logs/encode_chorales.log").read_text()
-    assert (repo / "results/study.nc").read_bytes() == study
+    job_log = (repo / f"results/logs/slurm/rule_get_chorales/{failed[0]}.log").read_text()
+    assert f"{bad}: music21 cannot parse this score" in job_log, job_log
+    assert f"{bad}: music21 cannot parse this score" in (repo / "results/logs/get_chorales.log").read_text()
+    assert all((repo / path).read_bytes() == data for path, data in kept.items())
 
 
 # One training job long enough to be preempted twice: d2_w8 trains ~1500 steps/s on one CPU, so ~13 s,

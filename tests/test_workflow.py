@@ -46,7 +46,7 @@ def snakemake_jobs(repo: Path) -> dict[str, dict]:
         inputs = re.search(r"^\s+input: (.*)$", block, re.M)
         for f in outputs.group(1).split(", "):
             jobs[f] = {"rule": rule.group(1), "inputs": set(inputs.group(1).split(", ")) if inputs else set()}
-    # a data step's staged outputs live only inside its stage, until publish_* moves them into place
+    # a data step's staged outputs live only inside its stage, until publish_data moves them into place
     staged = {f for f in jobs if f.startswith("results/data/.staging/")}
     return {f: j | {"inputs": j["inputs"] - staged} for f, j in jobs.items() if f not in staged}
 
@@ -85,8 +85,7 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
 def test_dvc_params_sections_match_the_rules_params(tmp_path):
     repo = copy_project(tmp_path)
     expected = {
-        "chorales": {"data"},
-        "encode": {"encoding"},
+        "data": {"data", "encoding"},
         "train": {"train"},
         "observables": {"observables"},
         "study": {"grid"},
@@ -185,7 +184,7 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     assert stale == TINY_TRAIN_STAGES, stale
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], repo).stdout)
     assert sorted({s.split("@")[0] for s in ran}) == sorted([*DOWNSTREAM_OF_TRAIN, "train", "train_aging"])
-    assert "chorales" not in ran and "encode" not in ran
+    assert "data" not in ran
     with xr.open_dataset(traj) as ds:
         assert ds.attrs["lr"] == 0.1
     assert traj.read_bytes() != before

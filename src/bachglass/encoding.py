@@ -159,35 +159,57 @@ def _pitch_problem(midi: Any, shift: int) -> str | None:
     return None
 
 
-def _check_pitches(chorale: dict[str, Any], shift: int) -> None:
-    """Raise a ``DataError`` at the first event whose pitch, transposed by ``shift``, is not MIDI or a rest.
+def _is_number(x: Any) -> bool:
+    """Tell whether ``x`` is a finite real number (a bool is not)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
-    Checked on the events, before sampling: on the grid a bad pitch would pass silently (-5 loses to
-    a rest in ``sample_grid``'s maximum, -2 reads as padding, 200 becomes a token of its own), and a
-    bad pitch is bad data whatever the resolution. The message names chorale, voice and onset.
+
+def _check_chorale(chorale: Any, k: int, config: EncodingConfig) -> None:
+    """Raise a ``DataError`` naming the chorale if it is not what get_chorales writes, or holds a bad pitch.
+
+    The pitches are checked on the events, before sampling: on the grid a bad pitch would pass
+    silently (-5 loses to a rest in ``sample_grid``'s maximum, -2 reads as padding, 200 becomes a
+    token of its own). The message names chorale, voice and onset.
     """
-    where = f"chorales.json: chorale {chorale['id']}"
-    if len(chorale["voices"]) != len(VOICES):
-        n = len(chorale["voices"])
-        raise DataError(f"{where}: {n} voices, expected 4 (S, A, T, B); fix or drop the chorale")
-    for name, events in zip(VOICES, chorale["voices"], strict=True):
+    name = chorale.get("id") if isinstance(chorale, dict) else None
+    where = f"chorales.json: chorale {name if isinstance(name, str) else f'#{k}'}"
+    fix = "fix or drop the chorale, or re-create chorales.json"
+    if not isinstance(name, str):
+        raise DataError(f"{where}: no string 'id'; {fix}")
+    if not _is_number(chorale.get("length_quarters")) or chorale["length_quarters"] < 0:
+        raise DataError(
+            f"{where}: 'length_quarters' {chorale.get('length_quarters')!r} is not a length; {fix}"
+        )
+    key = chorale.get("key")
+    if (
+        not isinstance(key, dict)
+        or key.get("tonic_pc") not in range(12)
+        or not isinstance(key.get("mode"), str)
+    ):
+        raise DataError(f"{where}: 'key' {key!r} is not {{tonic_pc: 0-11, mode: ...}}; {fix}")
+    voices = chorale.get("voices")
+    if not isinstance(voices, list) or not all(isinstance(v, list) for v in voices):
+        raise DataError(f"{where}: 'voices' is not a list of event lists; {fix}")
+    if len(voices) != len(VOICES):
+        raise DataError(f"{where}: {len(voices)} voices, expected 4 (S, A, T, B); {fix}")
+    shift = _shift(chorale, config)
+    for voice, events in zip(VOICES, voices, strict=True):
         for event in events:
             if not isinstance(event, list | tuple) or len(event) != 3:
-                raise DataError(f"{where}, voice {name}: event {event!r} is not [onset, duration, midi]")
+                raise DataError(f"{where}, voice {voice}: event {event!r} is not [onset, duration, midi]")
             onset, duration, midi = event
-            if not all(isinstance(x, numbers.Real) and math.isfinite(x) for x in (onset, duration)):
-                raise DataError(f"{where}, voice {name}: event {event!r} has a non-numeric onset or duration")
+            if not (_is_number(onset) and _is_number(duration) and duration >= 0):
+                raise DataError(f"{where}, voice {voice}: event {event!r} has a bad onset or duration")
             if problem := _pitch_problem(midi, shift):
-                at = f"{onset:g}" if isinstance(onset, numbers.Real) else repr(onset)
-                raise DataError(f"{where}, voice {name} at quarter {at}: {problem}")
+                raise DataError(f"{where}, voice {voice} at quarter {onset:g}: {problem}")
 
 
 def _shift(chorale: dict[str, Any], config: EncodingConfig) -> int:
     """Semitones by which the config transposes ``chorale`` (0 unless transposing)."""
     if config.transpose != "c_major_a_minor":
         return 0
-    if chorale["key"].get("mode") not in TARGET_TONIC:
-        mode, modes = chorale["key"].get("mode"), ", ".join(TARGET_TONIC)
+    if chorale["key"]["mode"] not in TARGET_TONIC:
+        mode, modes = chorale["key"]["mode"], ", ".join(TARGET_TONIC)
         raise DataError(
             f"chorales.json: chorale {chorale['id']}: key mode {mode!r} is not one of {modes}; "
             "set encoding.transpose to none or drop the chorale"
@@ -231,8 +253,10 @@ def encode(
     both, so a held-out chorale never holds an unknown token; the data floor is computed on the
     training chorales only, since it is the floor of the training loss.
     """
-    for chorale in chorales:  # every chorale, chosen or not: bad data is reported, never skipped
-        _check_pitches(chorale, _shift(chorale, config))
+    for k, chorale in enumerate(
+        chorales
+    ):  # every chorale, chosen or not: bad data is reported, never skipped
+        _check_chorale(chorale, k, config)
     chosen, n_train = select(chorales, config)
     grids = _grids(chosen, config)
     lengths = np.array([len(g) for g in grids], dtype=np.int64)

@@ -9,7 +9,7 @@ k = steps the final one) and the full training-set loss L(θ_k). The resumable s
 every ``resume_every`` steps to the ``checkpoint`` file; the caller deletes it
 (:func:`remove_checkpoint`) once the trajectory is safely written. SIGTERM (SLURM preemption, time
 limit, scancel) and SIGINT (Ctrl-C) save it at the next step boundary and then stop the process
-(exit status 143, resp. KeyboardInterrupt), so at most one step is redone. A SIGKILL loses the steps
+(exit status 143, resp. KeyboardInterrupt), so no step is lost. A SIGKILL loses the steps
 since the last save; a kill while a checkpoint is written leaves the previous one intact.
 """
 
@@ -134,7 +134,8 @@ def train_runs(
     Each run keeps its own parameters, minibatch order, clipping and divergence, so its trajectory
     is that of training it alone up to floating-point round-off (contract §3, DESIGN "Conventions").
     Runs resume from their ``checkpoints`` files where those exist; runs whose checkpoints stand
-    at different steps train as separate ensembles, so no finished step is lost. A non-finite loss
+    at different steps, or were saved by different ensembles, train as separate ensembles, so no
+    finished step is lost and a resumed run ends bitwise as it would have uninterrupted. A non-finite loss
     does not raise: that run stops, is marked ``status="diverged"`` and keeps the snapshots taken
     before (later ones are NaN); the others go on.
     """
@@ -151,25 +152,31 @@ def train_runs(
         for path, identity in zip(checkpoints, identities, strict=True)
     ]
     states = _align(states, checkpoints, seeds)
-    cohorts: dict[int, list[int]] = {}  # resume step: members
+    for path, state in zip(checkpoints, states, strict=True):
+        if state is not None:
+            log.info("%s: resuming at step %d", path, state["counters"][0])
+    # runs train together that resume at the same step from the same ensemble (or start fresh): the
+    # round-off of a batched step depends on who is in the batch, so this keeps a resumed run bitwise
+    cohorts: dict[tuple[int, tuple[int, ...]], list[int]] = {}
     for k, state in enumerate(states):
-        cohorts.setdefault(0 if state is None else state["counters"][0], []).append(k)
+        key = (0, ()) if state is None else (state["counters"][0], tuple(state["pack"]))
+        cohorts.setdefault(key, []).append(k)
     grid = checkpoint_steps(config.steps, config.checkpoints_per_decade)
     data = Data(train, heldout, layout)
     trajectories: list[xr.Dataset | None] = [None] * len(seeds)
-    for members in cohorts.values():
-        thetas = torch.stack([model.init_theta(specs, width, seeds[k], dtype, device) for k in members])
-        ens = Ensemble(
-            make_engine(config.cell, depth, width, layout, thetas), data, config, [seeds[k] for k in members]
-        )
-        if states[members[0]] is not None:
-            ens.restore([states[k] for k in members])
-        paths = [checkpoints[k] for k in members]
-        name = f"d{depth}_w{width}_s" + ",".join(str(seeds[k]) for k in members)
-        _train(ens, grid, paths, [identities[k] for k in members], name, progress)
-        floor = float(encoded.attrs["data_floor"])
-        for m, k in enumerate(members):
-            trajectories[k] = _trajectory(ens, m, grid, specs, identities[k], str(device), floor)
+    with stop_signals() as received:  # SIGTERM/SIGINT: save at the next step of the cohort at work, stop
+        for members in cohorts.values():
+            thetas = torch.stack([model.init_theta(specs, width, seeds[k], dtype, device) for k in members])
+            cohort = [seeds[k] for k in members]
+            ens = Ensemble(make_engine(config.cell, depth, width, layout, thetas), data, config, cohort)
+            if states[members[0]] is not None:
+                ens.restore([states[k] for k in members])
+            paths = [checkpoints[k] for k in members]
+            name = f"d{depth}_w{width}_s" + ",".join(map(str, cohort))
+            _train(ens, grid, paths, [identities[k] for k in members], name, progress, received)
+            floor = float(encoded.attrs["data_floor"])
+            for m, k in enumerate(members):
+                trajectories[k] = _trajectory(ens, m, grid, specs, identities[k], str(device), floor)
     return trajectories  # type: ignore[return-value]
 
 
@@ -472,8 +479,12 @@ def _train(
     identities: list[dict[str, Any]],
     name: str,
     progress: bool,
+    received: list[int],
 ) -> None:
-    """Run the ensemble's SGD steps to the end, with a progress bar and divergence warnings."""
+    """Run the ensemble's SGD steps to the end, with a progress bar and divergence warnings.
+
+    ``received`` collects the stop signals (:func:`stop_signals`): the run saves and stops on one.
+    """
     config = ens.config
     # in a log file (no terminal) a bar redrawn 10 times a second would bloat it: redraw every 30 s
     interval = 0.1 if sys.stderr.isatty() else 30.0
@@ -488,7 +499,7 @@ def _train(
     )
     start, first = time.perf_counter(), ens.step
     with bar:
-        _loop(ens, grid, checkpoints, identities, bar)
+        _loop(ens, grid, checkpoints, identities, bar, received)
     seconds = time.perf_counter() - start
     log.info(
         "%s: %d steps x %d runs in %.1f s (%.0f model-steps/s); checkpoint records took %.2f s (%.2f %%)",
@@ -512,31 +523,31 @@ def _loop(
     checkpoints: list[Path | None],
     identities: list[dict[str, Any]],
     bar: tqdm,
+    received: list[int],
 ) -> None:
     """SGD steps from ``ens.step`` to the end: save, record, update, in that order per step.
 
-    On SIGTERM or SIGINT the state is saved at the next step boundary and the process stops.
+    On a signal in ``received`` the state is saved at the next step boundary and the process stops.
     """
     steps, start, record_at = ens.config.steps, ens.step, set(grid.tolist())
     saving = [(path, m) for m, path in enumerate(checkpoints) if path is not None]
-    with stop_signals() as received:
-        for step in range(start, steps + 1):
-            ens.step = step
-            if received and step < steps:
-                _stop(ens, saving, identities, received[0])
-            if saving and start < step < steps and step % ens.config.resume_every == 0:
-                _save(ens, saving, identities)
-            if step == steps:  # the final state: evaluate, no update
-                ens.record(step, None)
-                return
-            losses = ens.sgd_step(record=step in record_at)
-            if step % 100 == 0:
-                live = losses[ens.active > 0]
-                shown = f"{live.median().item():.4g}" if live.numel() else "nan"
-                bar.set_postfix(loss=shown, refresh=False)  # this step's (mini)batch loss, median of runs
-            if ens.n_stopped == len(ens.members):
-                return
-            bar.update()
+    for step in range(start, steps + 1):
+        ens.step = step
+        if received and step < steps:
+            _stop(ens, saving, identities, received[0])
+        if saving and start < step < steps and step % ens.config.resume_every == 0:
+            _save(ens, saving, identities)
+        if step == steps:  # the final state: evaluate, no update
+            ens.record(step, None)
+            return
+        losses = ens.sgd_step(record=step in record_at)
+        if step % 100 == 0:
+            live = losses[ens.active > 0]
+            shown = f"{live.median().item():.4g}" if live.numel() else "nan"
+            bar.set_postfix(loss=shown, refresh=False)  # this step's (mini)batch loss, median of runs
+        if ens.n_stopped == len(ens.members):
+            return
+        bar.update()
 
 
 def _save(ens: Ensemble, saving: list[tuple[Path, int]], identities: list[dict[str, Any]]) -> None:
@@ -568,46 +579,50 @@ def _stop(
 def _align(
     states: list[dict[str, Any] | None], paths: list[Path | None], seeds: list[int]
 ) -> list[dict[str, Any] | None]:
-    """Step back the runs of a pack saved one save ahead of the rest, so that the pack trains as one.
+    """Step back the runs of a cohort saved one save ahead of the rest, so that it trains as one again.
 
-    A pack's runs are saved one file after the other; a kill in between leaves some a save ahead.
-    Resumed apart they would differ from an uninterrupted pack by round-off; from the state of the
+    A cohort's runs are saved one file after the other; a kill in between leaves some a save ahead.
+    Resumed apart they would differ from an uninterrupted run by round-off; from the state of the
     save before, which their checkpoint carries (none before the first: start over), they rejoin
-    the pack and resume bitwise. Runs saved in another pack, or further apart, resume apart.
+    their cohort-mates and resume bitwise. Runs saved in other cohorts, or further apart, stay apart.
+    A state at step 0 is the seeded initial state itself, so it counts as none.
     """
-    start = min(0 if state is None else state["counters"][0] for state in states)
+    states = [None if state is None or state["counters"][0] == 0 else state for state in states]
+    step = {
+        seed: 0 if state is None else state["counters"][0] for seed, state in zip(seeds, states, strict=True)
+    }
     aligned = []
     for state, path in zip(states, paths, strict=True):
-        if state is not None and state["counters"][0] > start and state["pack"] == seeds:
+        if state is not None:
+            start = min(step.get(mate, state["counters"][0]) for mate in state["pack"])
             previous = state["previous"]
-            if previous is None and start == 0:
+            if state["counters"][0] > start and previous is None and start == 0:
                 log.info("%s: starts over with the rest of its pack", path)
                 state = None
-            elif previous is not None and previous["counters"][0] == start:
+            elif state["counters"][0] > start and previous is not None and previous["counters"][0] == start:
                 log.info("%s: back to step %d, where the rest of its pack resumes", path, start)
                 n, snapshots = previous["n_records"], state["snapshots"]
                 records = {key: values[:n] for key, values in state["records"].items()}
-                state |= previous | {"records": records, "snapshots": snapshots[:n] if n else None}
+                state = state | previous | {"records": records, "snapshots": snapshots[:n] if n else None}
                 state["previous"] = None
         aligned.append(state)
     return aligned
 
 
 def _load(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """Read a resumable state; refuse one written for another run or unreadable."""
+    """Read a resumable state; refuse one written for another run (or by other code) or unreadable."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         stored = dict(state["identity"])
-        missing = {*SAVED, "records", "snapshots", "previous", "pack"} - state.keys()
-        if missing:
-            raise KeyError(f"no {sorted(missing)}")
     except Exception as err:  # torch.load raises many kinds for a damaged file
         raise DataError(f"{path}: unreadable checkpoint ({err}); delete it to start over") from err
     differ = sorted(k for k in identity.keys() | stored.keys() if stored.get(k) != identity.get(k))
     if differ:
         was = ", ".join(f"{k}={stored.get(k)!r} (now {identity.get(k)!r})" for k in differ)
         raise ParamsError(f"{path}: checkpoint of a different run: {was}; delete it to start over")
-    log.info("%s: resuming at step %d", path, state["counters"][0])
+    missing = {*SAVED, "records", "snapshots", "previous", "pack"} - state.keys()
+    if missing:
+        raise DataError(f"{path}: checkpoint without {sorted(missing)}; delete it to start over")
     return state
 
 

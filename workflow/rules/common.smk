@@ -146,13 +146,15 @@ def code(*modules):
     return upstream([f"src/bachglass/{module}.py" for module in (*modules, "io", "errors")])
 
 
-def staging(section, name):
-    """Where a data step stages its output ``name`` until a publish_* rule moves it into place.
+def staging(sections, name):
+    """Where a data step stages its output ``name`` until publish_data moves it into place.
 
-    The folder is keyed by the hash of the step's params section: a failed attempt with other params
-    leaves Snakemake's record of it on another path, so taking the params back re-runs nothing.
+    The folder is keyed by the hash of the params sections that decide what is published: a failed
+    attempt with other params leaves its staged files, and Snakemake's record of them, on another
+    path, so taking the params back re-runs nothing.
     """
-    return f"{DATA}/.staging/{section}-{params_sha256(config[section])[:16]}/{name}"
+    key = params_sha256({section: config[section] for section in sections})[:16]
+    return f"{DATA}/.staging/{'-'.join(sections)}-{key}/{name}"
 
 
 def score_files(wildcards):

@@ -1,8 +1,8 @@
-# Each data step writes a staging copy (temp) that a publish_* rule then moves into place. Snakemake
-# deletes a job's outputs before it runs it: were get_chorales to write chorales.json itself, a bad score
-# or download would take the current chorales.json with it, and putting the params back would re-run the
-# whole study. A failing step leaves the published files, and Snakemake's records of them, as they were
-# (tests/test_faults.py).
+# The data steps write staging copies (temp) that publish_data moves into place only once both have
+# succeeded. Snakemake deletes a job's outputs before it runs it: were get_chorales to write chorales.json
+# itself, a bad score or download would take the current chorales.json with it, and putting the params
+# back would re-run the whole study. A failing step leaves the published files, and Snakemake's records of
+# them, as they were (tests/test_faults.py). An encoding edit re-acquires the chorales too (~1 min).
 
 
 rule get_chorales:
@@ -11,8 +11,8 @@ rule get_chorales:
         scores=score_files,
         code=code("chorales"),
     output:
-        chorales=temp(staging("data", "chorales.json")),
-        manifest=temp(staging("data", "manifest.tsv")),
+        chorales=temp(staging(["data", "encoding"], "chorales.json")),
+        manifest=temp(staging(["data", "encoding"], "manifest.tsv")),
     log:
         f"{LOGS}/get_chorales.log",
     benchmark:
@@ -28,33 +28,13 @@ rule get_chorales:
         "../scripts/get_chorales.py"
 
 
-rule publish_chorales:
-    """Move the acquired chorales into place, once get_chorales has succeeded."""
-    input:
-        staged=rules.get_chorales.output,
-        scores=score_files,
-        code=code("chorales"),
-    output:
-        chorales=f"{DATA}/chorales/chorales.json",
-        manifest=f"{DATA}/chorales/manifest.tsv",
-    log:
-        f"{LOGS}/publish_chorales.log",
-    localrule: True
-    conda:
-        "../../envs/data.yaml"
-    params:
-        data=config["data"],  # the params trigger lives here, on the files that stay
-    script:
-        "../scripts/publish.py"
-
-
 rule encode_chorales:
     """Quantise, transpose, split and tokenise the chorales; compute the memoriser loss floor."""
     input:
-        chorales=upstream(rules.publish_chorales.output.chorales),
+        chorales=rules.get_chorales.output.chorales,
         code=code("encoding"),
     output:
-        encoded=temp(staging("encoding", "encoded.nc")),
+        encoded=temp(staging(["data", "encoding"], "encoded.nc")),
     log:
         f"{LOGS}/encode_chorales.log",
     benchmark:
@@ -67,20 +47,25 @@ rule encode_chorales:
         "../scripts/encode_chorales.py"
 
 
-rule publish_encoded:
-    """Move the encoded chorales into place, once encode_chorales has succeeded."""
+rule publish_data:
+    """Move the chorales, their manifest and their encoding into place, once all three were made."""
     input:
-        staged=rules.encode_chorales.output,
-        chorales=upstream(rules.publish_chorales.output.chorales),
-        code=code("encoding"),
+        staged=[*rules.get_chorales.output, rules.encode_chorales.output.encoded],
+        scores=score_files,
+        # what decides the staged files, for Snakemake's triggers (their rules' outputs are gone)
+        code=code("chorales", "encoding"),
+        scripts=[f"workflow/scripts/{step}.py" for step in ("get_chorales", "encode_chorales")],
     output:
+        chorales=f"{DATA}/chorales/chorales.json",
+        manifest=f"{DATA}/chorales/manifest.tsv",
         encoded=f"{DATA}/encoded.nc",
     log:
-        f"{LOGS}/publish_encoded.log",
+        f"{LOGS}/publish_data.log",
     localrule: True
     conda:
         "../../envs/data.yaml"
     params:
+        data=config["data"],
         encoding=config["encoding"],
     script:
-        "../scripts/publish.py"
+        "../scripts/publish_data.py"

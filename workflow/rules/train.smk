@@ -24,7 +24,7 @@ if not UNDER_DVC:
             name:
                 f"{train_rule}_s{pack}"
             input:
-                encoded=upstream(rules.publish_encoded.output.encoded),
+                encoded=upstream(rules.publish_data.output.encoded),
                 code=code("model", "ensemble", "train"),
             output:
                 pack_outputs(run_pattern, seeds),
@@ -54,7 +54,7 @@ else:
             name:
                 train_rule
             input:
-                encoded=upstream(rules.publish_encoded.output.encoded),
+                encoded=upstream(rules.publish_data.output.encoded),
                 code=code("model", "ensemble", "train"),
             output:
                 f"{run_pattern}/trajectory.nc",

@@ -1,4 +1,4 @@
-"""Move a data step's staged outputs into place (rules publish_*), now that the step has succeeded."""
+"""Move the data steps' staged outputs into place (rule publish_data), now that both have succeeded."""
 
 import logging
 import os
