@@ -2,6 +2,9 @@
 
 # --- observables/figures: synthetic trajectories in the contract's trajectory.nc layout ---
 import contextlib
+import http.server
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -183,3 +186,32 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory):
     repo = copy_project(tmp_path_factory.mktemp("smk"))
     run(["snakemake", "--cores", "2"], repo)
     return repo
+
+
+# --- downloads: a local HTTP server (test_chorales, test_faults) ---
+@pytest.fixture
+def server():
+    """An HTTP server on 127.0.0.1 serving ``files`` (path -> bytes); ``hits`` lists requests."""
+    state = SimpleNamespace(files={}, hits=[], truncate=set())
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            state.hits.append(self.path)
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if self.path in state.truncate else body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()

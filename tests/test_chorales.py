@@ -1,12 +1,9 @@
 import copy
 import hashlib
-import http.server
 import json
 import re
 import shutil
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -159,34 +156,6 @@ def jsb_fixture():
         "valid": [[G] * 4 + [C] * 4],
         "test": [],
     }
-
-
-@pytest.fixture
-def server():
-    """An HTTP server on 127.0.0.1 serving ``files`` (path -> bytes); ``hits`` lists requests."""
-    state = SimpleNamespace(files={}, hits=[], truncate=set())
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            state.hits.append(self.path)
-            body = state.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2] if self.path in state.truncate else body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_download_checks_the_checksum_and_parses_the_file(server, tmp_path):

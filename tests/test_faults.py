@@ -7,12 +7,11 @@ must leave nothing to do: no step re-runs for a fault that never got anywhere.
 """
 
 import hashlib
-import http.server
 import json
 import shutil
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -37,32 +36,6 @@ def results(repo: Path) -> dict[str, str]:
     return {k: v for k, v in digests.items() if not k.startswith(skip)}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[dict[str, bytes]]:
-    """An HTTP server on 127.0.0.1 serving path -> bytes; a path ending in ``.cut`` sends half its body."""
-    files: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = files.get(self.path.removesuffix(".cut"))
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2] if self.path.endswith(".cut") else body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    files["base"] = f"http://127.0.0.1:{httpd.server_address[1]}".encode()
-    yield files
-    httpd.shutdown()
-
-
 def score_file(tmp_path: Path, edit: Callable, name: str) -> Path:
     """A Bach chorale from music21's corpus, edited, written as MusicXML."""
     score = converter.parse(corpus.getWork("bwv101.7"))
@@ -74,59 +47,60 @@ def own_scores(paths: list[Path]) -> dict:
     return {"data": {"source": "files", "files": {"paths": [str(p) for p in paths]}}}
 
 
-def fault_unparsable(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+def fault_unparsable(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
     bad = tmp_path / "broken.musicxml"
     bad.write_text("<score-partwise><part id='P1'><measure><note>")
     return own_scores([bad]), f"{bad}: music21 cannot parse this score"
 
 
-def fault_three_parts(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+def fault_three_parts(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
     path = score_file(tmp_path, lambda s: s.remove(s.parts[1]), "three.musicxml")
     return own_scores([path]), f"{path}: 3 parts, expected 4 (S, A, T, B)"
 
 
-def fault_five_parts(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+def fault_five_parts(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
     import copy
 
     path = score_file(tmp_path, lambda s: s.insert(0, copy.deepcopy(s.parts[1])), "five.musicxml")
     return own_scores([path]), f"{path}: 5 parts, expected 4 (S, A, T, B)"
 
 
-def fault_pitch_outside_midi(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+def fault_pitch_outside_midi(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
     """A downloaded chorale in G major whose soprano opens on F#9 (MIDI 126): transposed up to C, 131."""
     g, c, d = [67, 62, 59, 43], [72, 64, 60, 48], [74, 66, 62, 50]
     body = json.dumps({"train": [[[126, 62, 59, 43]] * 4 + [g] * 4 + [c] * 4 + [d] * 4 + [g] * 4]}).encode()
-    server["/high.json"] = body
+    server.files["/high.json"] = body
     config = jsb_source(server, "/high.json", hashlib.sha256(body).hexdigest())
     config["encoding"] = {"transpose": "c_major_a_minor"}
     where = "chorales.json: chorale train000, voice S at quarter 0"
     return config, f"{where}: pitch 131 (126 transposed by +5) is outside MIDI 0-127"
 
 
-def fault_empty_corpus(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+def fault_empty_corpus(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
     config = {"encoding": {"min_quarters": 300, "max_quarters": 301}}
     return config, "chorales lasts 300-301 quarters; widen encoding.min_quarters/encoding.max_quarters"
 
 
-def jsb_source(server: dict, path: str, sha256: str) -> dict:
-    url = {"url": server["base"].decode() + path, "sha256": sha256, "steps_per_quarter": 4}
+def jsb_source(server: SimpleNamespace, path: str, sha256: str) -> dict:
+    url = {"url": server.base + path, "sha256": sha256, "steps_per_quarter": 4}
     return {"data": {"source": "url", "url": url | {"splits": ["train"]}}}
 
 
-def fault_wrong_checksum(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
-    server["/jsb.json"] = json.dumps({"train": [[[60, 55, 52, 48]] * 16]}).encode()
-    url = server["base"].decode() + "/jsb.json"
+def fault_wrong_checksum(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
+    server.files["/jsb.json"] = json.dumps({"train": [[[60, 55, 52, 48]] * 16]}).encode()
+    url = server.base + "/jsb.json"
     return jsb_source(server, "/jsb.json", "0" * 64), f"{url}: sha256 "
 
 
-def fault_truncated_download(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+def fault_truncated_download(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
     body = json.dumps({"train": [[[60, 55, 52, 48]] * 16]}).encode()
-    server["/jsb.json"] = body
-    url = server["base"].decode() + "/jsb.json.cut"
-    return jsb_source(server, "/jsb.json.cut", hashlib.sha256(body).hexdigest()), f"{url}: download cut short"
+    server.files["/jsb.json"] = body
+    server.truncate.add("/jsb.json")
+    url = server.base + "/jsb.json"
+    return jsb_source(server, "/jsb.json", hashlib.sha256(body).hexdigest()), f"{url}: download cut short"
 
 
-def fault_corrupt_trajectory(repo: Path, tmp_path: Path, server: dict) -> tuple[dict, str]:
+def fault_corrupt_trajectory(repo: Path, tmp_path: Path, server: SimpleNamespace) -> tuple[dict, str]:
     """A run's trajectory.nc damaged on disk (not by us: we write atomically), newer than its observables."""
     (repo / RUN / "trajectory.nc").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
     return {}, f"{RUN}/trajectory.nc: not a readable NetCDF file"
