@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_faults import results
-from workflow_helpers import copy_project, env, run
+from workflow_helpers import copy_project, env, run, wait_for
 
 from bachglass import io
 
@@ -29,23 +29,11 @@ def start(cmd: list[str], repo: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, cwd=repo, env=env(), start_new_session=True, **pipes)
 
 
-def wait_for(condition, proc: subprocess.Popen[str], what: str, timeout: float = 120.0) -> bool:
-    """Poll ``condition`` until it holds (True), or the process ended first (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.002)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def kill_when(repo: Path, condition, sig: signal.Signals) -> None:
     """Run the study and send its whole process group ``sig`` once ``condition()`` holds."""
     proc = start(["snakemake", "--cores", "2"], repo)
-    if not wait_for(condition, proc, condition.__doc__ or "the kill point"):
-        pytest.fail(f"the study finished before the kill:\n{proc.communicate()[1][-2000:]}")
+    ended = lambda: proc.communicate()[1][-2000:] if proc.poll() is not None else ""  # noqa: E731
+    wait_for(condition.__doc__ or "the kill point", condition, proc, ended, interval=0.002)
     os.killpg(proc.pid, sig)
     proc.communicate()
     assert proc.returncode != 0
@@ -87,7 +75,9 @@ def test_a_second_snakemake_on_the_same_results_is_refused_while_the_first_runs(
     uninterrupted = results(repo)
     first = start(["snakemake", "--cores", "1", "--forcerun", PACK_RULE], repo)
     locks = repo / ".snakemake/locks"
-    assert wait_for(lambda: locks.is_dir() and any(locks.iterdir()), first, "the first snakemake's lock")
+    wait_for(
+        "the first snakemake's lock", lambda: locks.is_dir() and any(locks.iterdir()), first, interval=0.002
+    )
     second = run(["snakemake", "--cores", "1", "--forcerun", "fit_study"], repo, check=False)
     assert second.returncode != 0
     assert "Directory cannot be locked" in second.stderr
@@ -103,7 +93,9 @@ def test_two_dvc_repro_on_the_same_repo_refuse_shared_stages_and_agree_on_the_re
     uninterrupted = results(repo)
     first = start(["dvc", "repro", "--force", "--single-item", "train@2-8-0", "observables@2-8-0"], repo)
     trajectory = "results/runs/d2_w8_s0/trajectory.nc"
-    assert wait_for(lambda: not (repo / trajectory).exists(), first, "the first repro to start that stage")
+    wait_for(
+        "the first repro to start that stage", lambda: not (repo / trajectory).exists(), first, interval=0.002
+    )
     same = run(["dvc", "repro", "--force", "--single-item", "train@2-8-0"], repo, check=False)
     assert same.returncode != 0
     assert f"{trajectory}' is busy, it is being blocked by" in same.stderr, same.stderr

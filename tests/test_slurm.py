@@ -11,14 +11,12 @@ import re
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import ROOT, copy_project, edit_params, env, run
+from workflow_helpers import ROOT, copy_project, edit_params, env, run, wait_for
 
 LIVE = os.environ.get("BACHGLASS_SLURM")
 NO_SLURM = os.environ.get(
@@ -240,16 +238,6 @@ def squeue_job(job_id: str) -> tuple[str, str]:
     return state, reason
 
 
-def wait_for(what: str, condition: Callable[[], object], proc: subprocess.Popen, log: Path) -> object:
-    """Poll ``condition`` until it holds; fail if the Snakemake run ``proc`` ends first, or after 2 min."""
-    deadline = time.monotonic() + 120
-    while not (value := condition()):
-        assert proc.poll() is None, f"snakemake ended ({proc.returncode}) before {what}:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()}"
-        time.sleep(0.5)
-    return value
-
-
 @live
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["slurm", "slurm-squeue"])
@@ -290,13 +278,22 @@ def test_a_preempted_training_job_is_requeued_and_resumes(tmp_path, name):
         local = start(["snakemake", target, "--cores", "1"], reference, local_out)  # on the other CPU
         cluster = start(snakemake_on_slurm_cmd(name, target), repo, out)
         submitted = r"submitted with SLURM jobid (\d+)"
-        found = wait_for("the submission", lambda: re.search(submitted, out.read_text()), cluster, out)
+        found = wait_for(
+            "the submission", lambda: re.search(submitted, out.read_text()), cluster, out.read_text
+        )
         job_id = found.group(1)
         mtime_before = None
         for kill in range(2):
-            wait_for(f"checkpoint {kill + 1}", partial(saved_anew, min(kill, 1), mtime_before), cluster, out)
+            wait_for(
+                f"checkpoint {kill + 1}",
+                partial(saved_anew, min(kill, 1), mtime_before),
+                cluster,
+                out.read_text,
+            )
             run(["scontrol", "requeue", job_id], repo)
-            wait_for("the requeue", lambda: squeue_job(job_id) == ("PENDING", "BeginTime"), cluster, out)
+            wait_for(
+                "the requeue", lambda: squeue_job(job_id) == ("PENDING", "BeginTime"), cluster, out.read_text
+            )
             mtime_before = checkpoint.stat().st_mtime_ns  # the SIGTERM save: the attempt has left its node
             # SLURM holds a requeued job for AuthInfo's cred_expire (120 s by default, slurm.conf(5))
             # before it may start again: nothing on a cluster, but it would triple this test's time

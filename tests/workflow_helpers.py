@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,21 @@ def edit_params(repo: Path, overrides: dict[str, Any]) -> None:
     """Change some keys of ``repo``'s params.yaml in place."""
     current = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(deep_merge(current, overrides), sort_keys=False))
+
+
+def wait_for(
+    what: str,
+    condition: Callable[[], object],
+    proc: subprocess.Popen,
+    detail: Callable[[], str] = lambda: "",
+    interval: float = 0.5,
+    timeout: float = 120.0,
+) -> object:
+    """Poll ``condition`` every ``interval`` s until it holds and return its value; fail if the process
+    ``proc`` ends first, or after ``timeout`` s, showing ``detail()``."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert proc.poll() is None, f"{proc.args[0]} ended ({proc.returncode}) before {what}:\n{detail()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{detail()}"
+        time.sleep(interval)
+    return value
