@@ -19,6 +19,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/observables.smk"
 include: "workflow/rules/aging.smk"
+include: "workflow/rules/langevin.smk"
 include: "workflow/rules/analysis.smk"
 
 
@@ -30,3 +31,4 @@ rule all:
         rules.fit_study.output,
         rules.check_science.output.table,
         rules.plot_figures.output.figures,
+        rules.propose_widths.output.proposals,

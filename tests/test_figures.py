@@ -2,9 +2,10 @@ import logging
 
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import checkpoint_steps, fits_config, make_trajectory
 
-from bachglass import figures, io
+from bachglass import figures, io, phases
 from bachglass.figures_aging import examples
 from bachglass.figures_layout import (
     CENSORED,
@@ -15,9 +16,9 @@ from bachglass.figures_layout import (
     WIDTH_LABEL,
 )
 from bachglass.fits import OVER, fit_study
-from bachglass.observables import ObservablesConfig, combine_runs, run_observables
+from bachglass.observables import RUN_DIMS, ObservablesConfig, combine_runs, run_observables
 
-CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.03], smoothing_decades=0.1, tau_w=[10, 100])
+CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.03], smoothing_decades=0.1, tau_w=[10, 100], overlap_f=100)
 FITS = fits_config(window_start=[100, 30], min_widths=2, extrapolation_eps=2, aging_tau_w_min=10, mu_max=2.0)
 STEPS = checkpoint_steps(3000, 10)
 NAMES = [
@@ -30,8 +31,33 @@ NAMES = [
     "aging_msd",
     "aging_collapse",
     "sgd_floor",
+    "two_time",
+    "sharpness",
+    "accuracy",
+    "generalisation_phases",
+    "langevin_tts",
 ]
 FIT_DASHES = (0, (4, 2))
+PHASES = phases.PhasesConfig(train_accuracy=0.9, heldout_fraction=0.9, grokking_gap=1000)
+
+
+def synthetic_probes(traj, loss):
+    """Accuracy rising as the loss falls (held-out: to a width-dependent ceiling); sharpness at some steps."""
+    width = int(traj["width"].item())
+    accuracy = 1.0 - (loss - loss.min()) / (loss.max() - loss.min() + 1e-9) * 0.8
+    measured = np.isin(STEPS, STEPS[:: max(1, STEPS.size // 8)])
+    values = {
+        "accuracy": accuracy,
+        "heldout_accuracy": accuracy * min(0.6, 0.02 * width),
+        "sharpness": np.where(measured, 0.5 + np.log1p(STEPS) * width / 10, np.nan),
+    }
+    run = {d: traj[d].values for d in RUN_DIMS}
+    return xr.Dataset(
+        {
+            name: xr.DataArray(v, {"time": traj["time"]}, "time").expand_dims(run)
+            for name, v in values.items()
+        },
+    ).assign_coords(step=traj["step"])
 
 
 def synthetic_study(
@@ -54,7 +80,7 @@ def synthetic_study(
                 traj = make_trajectory(
                     d, w, s, steps=STEPS, loss=loss, data_floor=floor, status=status, diverged_step=300
                 )
-                runs.append(run_observables(traj, CONFIG, {}))
+                runs.append(run_observables(traj, CONFIG, {}, probes=synthetic_probes(traj, loss)))
     study = combine_runs(runs, {"params_sha256": "x"})
     study.attrs["checkpoints_per_decade"] = 10
     return study
@@ -68,7 +94,19 @@ def study_and_fits(**kwargs):
         study = synthetic_study(**kwargs)
     finally:
         logger.setLevel(level)
-    return study, fit_study(study, FITS, CONFIG.smoothing_decades)
+    fits = fit_study(study, FITS, CONFIG.smoothing_decades)
+    return study, fits.merge(phases.generalisation_phases(study, PHASES), combine_attrs="override")
+
+
+def synthetic_sweep(study):
+    """A Langevin sweep of two temperatures made of one (depth, width) of the study."""
+    one = study.isel(depth=[0], width=[-1])
+    parts = []
+    for t in (0.01, 0.1):
+        part = one.copy()
+        part["tau_e"] = part["tau_e"] / t
+        parts.append(part.expand_dims(temperature=[t]))
+    return xr.concat(parts, "temperature")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +133,7 @@ def legend_texts(fig):
     ]
 
 
-def test_figure_set_is_the_nine_figures_in_paper_order():
+def test_figure_set_is_the_paper_figures_then_the_glass_ones():
     assert list(figures.FIGURES) == NAMES
 
 
@@ -250,6 +288,49 @@ def test_sgd_floor_marks_t_star_on_each_over_parametrized_run(data, tmp_path):
 def test_every_figure_renders_a_degenerate_study(kwargs, tmp_path):
     study, fits = study_and_fits(**kwargs)
     assert np.isnan(fits["w_c"]).all()
-    for name, draw in figures.FIGURES.items():
-        saved(draw(study, fits), tmp_path, name)
+    for name, fig in figures.draw_all(study, fits, langevin=synthetic_sweep(study)):
+        saved(fig, tmp_path, name)
     assert CENSORED in legend_texts(figures.learning_times(study, fits))
+
+
+def test_two_time_shows_q_alpha2_and_cosine_against_tau_over_tau_w(data, tmp_path):
+    study, fits = data
+    fig = figures.two_time(study, fits)
+    saved(fig, tmp_path, "two_time")
+    labels = {ax.get_ylabel() for ax in fig.axes}
+    assert {"overlap Q(τ_w, τ_w + τ)", "non-Gaussian parameter α₂", "1 − C(τ_w, τ_w + τ)"} <= labels
+    q = next(ax for ax in fig.axes if ax.get_ylabel().startswith("overlap"))
+    assert len(q.get_lines()) == study.sizes["tau_w"]
+    assert all(np.nanmax(line.get_ydata()) <= 1 for line in q.get_lines())
+
+
+def test_sharpness_draws_each_width_and_the_stability_bound(data, tmp_path):
+    study, fits = data
+    study = study.assign_attrs(lr=0.25)
+    fig = figures.sharpness(study, fits)
+    saved(fig, tmp_path, "sharpness")
+    assert "2/η = 8" in legend_texts(fig)
+    panel = fig.axes[0]
+    assert sum(line.get_linestyle() == "-" for line in panel.get_lines()) == study.sizes["width"]
+
+
+def test_phase_map_colours_every_grid_point(data, tmp_path):
+    study, fits = data
+    fig = figures.generalisation_phases(study, fits)
+    saved(fig, tmp_path, "generalisation_phases")
+    [mesh] = fig.axes[0].collections
+    assert mesh.get_array().size == study.sizes["depth"] * study.sizes["width"]
+    assert {"comprehension", "grokking", "memorisation", "confusion"} <= set(legend_texts(fig))
+
+
+def test_langevin_figure_rescales_time_by_tau_e(data, tmp_path):
+    study, _ = data
+    sweep = synthetic_sweep(study)
+    fig = figures.langevin_tts(sweep)
+    saved(fig, tmp_path, "langevin_tts")
+    raw, scaled = fig.axes[0], fig.axes[1]
+    assert scaled.get_xlabel() == "t / τ_e(T)"
+    for a, b in zip(raw.get_lines(), scaled.get_lines(), strict=True):
+        assert not np.allclose(a.get_xdata(), b.get_xdata())
+    assert any("slope" in t for t in legend_texts(fig))
+    assert "no Langevin sweep" in figures.langevin_tts(None).axes[0].texts[0].get_text()

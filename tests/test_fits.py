@@ -177,7 +177,7 @@ def study_run(depth, width, seed):
     traj.attrs["checkpoints_per_decade"] = 20
     if (depth, width, seed) == CLIPPED_RUN:
         traj["clip_fraction"][...] = (STEPS <= 100).astype(float)
-    config = ObservablesConfig(eps=EPS, smoothing_decades=0.1, tau_w=[10, 100, 1000])
+    config = ObservablesConfig(eps=EPS, smoothing_decades=0.1, tau_w=[10, 100, 1000], overlap_f=100)
     return run_observables(traj, config, {})
 
 

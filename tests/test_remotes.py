@@ -75,7 +75,8 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     remote.dvc(["pull", "--quiet"], clone)
     assert run(["dvc", "status", "--quiet"], clone, check=False).returncode == 0
     tracked = sorted(p.relative_to(origin) for p in (origin / "results").rglob("*.nc"))
-    assert len(tracked) == 1 + 2 * (4 + 2) + 3  # encoded; trajectory, observables per run; study, aging, fits
+    # encoded; trajectory, observables per run (grid, aging, Langevin); study, aging, langevin, fits
+    assert len(tracked) == 1 + 2 * (4 + 2 + 2) + 4
     for rel in tracked:
         assert (clone / rel).read_bytes() == (origin / rel).read_bytes(), rel
 
@@ -83,18 +84,25 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     stale = set(json.loads(run(["dvc", "status", "--json"], clone).stdout))
     assert stale == TINY_TRAIN_STAGES, stale  # DVC lists the stages whose own params changed
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], clone).stdout)
-    assert sorted({s.split("@")[0] for s in ran}) == sorted([*DOWNSTREAM_OF_TRAIN, "train", "train_aging"])
+    assert sorted({s.split("@")[0] for s in ran}) == sorted(
+        [*DOWNSTREAM_OF_TRAIN, "train", "train_aging", "train_langevin"]
+    )
     assert {s for s in ran if s.startswith("train")} == TINY_TRAIN_STAGES
     # no upstream job ran inside a stage's Snakemake call, whatever the mtimes after the pull
     assert sorted(p.name for p in (clone / "results/logs").iterdir()) == [
         "check_science.log",
         "combine_aging.log",
+        "combine_langevin.log",
         "combine_study.log",
         "extract_aging_observables",
+        "extract_langevin_observables",
         "extract_observables",
         "fit_study.log",
         "plot_figures.log",
+        "propose_widths.log",
         "train_aging_run",
+        "train_langevin_run_T0p001",
+        "train_langevin_run_T0p1",
         "train_run",
     ]
     # the stale-result trap (a wrapped Snakemake keeping pulled results under a new lr): every result is new

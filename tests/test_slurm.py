@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import ROOT, copy_project, edit_params, env, run, wait_for
+from workflow_helpers import NO_LANGEVIN, ROOT, copy_project, edit_params, env, run, wait_for
 
 LIVE = os.environ.get("BACHGLASS_SLURM")
 NO_SLURM = os.environ.get(
@@ -45,10 +45,12 @@ def test_the_slurm_profile_gives_every_training_job_a_gpu(tmp_path):
     out = run(["snakemake", "-n", "--profile", "slurm", "--forceall"], repo).stdout
     jobs = re.findall(r"^rule (\w+):\n(?:\s+.*\n)*?\s+resources: (.*)$", out, re.M)
     trained = {rule for rule, _ in jobs if rule.startswith("train")}
-    assert trained == {"train_run_s0", "train_aging_run_s0_1"}  # tiny: one seed; the aging pair is one pack
+    # tiny: one seed; the aging pair is one pack; one Langevin rule per temperature
+    langevin = {"train_langevin_run_T0p001_s0", "train_langevin_run_T0p1_s0"}
+    assert trained == {"train_run_s0", "train_aging_run_s0_1", *langevin}
     for rule, resources in jobs:
         res = dict(item.split("=", 1) for item in resources.split(", "))
-        family = rule.rsplit("_s", 1)[0] if rule.startswith("train") else None
+        family = re.sub(r"_T\w+$", "", rule.rsplit("_s", 1)[0]) if rule.startswith("train") else None
         if family:
             wanted = profile("slurm")["set-resources"][family]
             assert res["gpu"] == "1" and res["slurm_partition"] == wanted["slurm_partition"], rule
@@ -115,7 +117,7 @@ def slurm_jobs(repo: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def cluster_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A copy of the project that has run the tiny study with `snakemake --profile slurm` on the cluster."""
-    repo = copy_project(tmp_path_factory.mktemp("slurm"))
+    repo = copy_project(tmp_path_factory.mktemp("slurm"), NO_LANGEVIN)
     site_profile(repo, "slurm")
     proc = snakemake_on_slurm(repo, "slurm")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -247,7 +249,7 @@ def test_a_preempted_training_job_is_requeued_and_resumes(tmp_path, name):
     higher partition, tried by hand, records it PREEMPTED and goes on the same way). Twice, each time once
     the attempt has saved a checkpoint of its own. Snakemake keeps waiting on that job id; each attempt
     saves on SIGTERM and the next resumes from there; the run ends byte-identical to one never interrupted."""
-    repo = copy_project(tmp_path / "cluster")
+    repo = copy_project(tmp_path / "cluster", NO_LANGEVIN)
     edit_params(repo, {"train": LONG_TRAIN})
     site_profile(repo, name)
     run(["snakemake", "results/data/encoded.nc", "--cores", "1"], repo)  # only the training goes to SLURM

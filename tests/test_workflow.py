@@ -76,8 +76,9 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
         assert built == covered, f"{name}: targets build {built}, outs cover {covered}"
         for f in built:
             rule_of_target[f] = name
-            # a combine stage depends on its runs' folder (results/runs, results/aging) as a whole
-            deps = {i for i in jobs[f]["inputs"] if not i.startswith(("results/runs/", "results/aging/"))}
+            # a combine stage depends on its runs' folder (results/runs, results/aging, ...) as a whole
+            runs = ("results/runs/", "results/aging/", "results/langevin/")
+            deps = {i for i in jobs[f]["inputs"] if not i.startswith(runs)}
             assert deps <= stage["deps"], f"{name}: Snakemake inputs {deps - stage['deps']} not in deps"
     assert set(rule_of_target) == set(jobs), f"not built by any stage: {set(jobs) - set(rule_of_target)}"
 
@@ -87,12 +88,16 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
     expected = {
         "data": {"data", "encoding"},
         "train": {"train"},
-        "observables": {"observables"},
+        "observables": {"observables", "probes"},
         "study": {"grid"},
         "train_aging": {"train", "aging.steps"},
-        "aging_observables": {"observables", "aging.tau_w"},
+        "aging_observables": {"observables", "probes", "aging.tau_w"},
         "aging_study": {"aging.depth", "aging.width", "aging.seed"},
-        "fits": {"fits", "observables"},
+        "train_langevin": {"train", "langevin.steps"},
+        "langevin_observables": {"observables", "probes", "langevin.tau_w"},
+        "langevin_study": {"langevin.depth", "langevin.width", "langevin.seed", "langevin.temperature"},
+        "fits": {"fits", "observables", "phases"},
+        "propose_widths": {"grid", "adaptive"},
         "check": set(),
         "figures": {"figures"},
     }
@@ -100,9 +105,11 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
         assert stage["params"] == expected[name.split("@")[0]], name
     for rule_file, sections in {
         "data": {"data", "encoding"},
-        "train": {"train", "grid", "aging"},  # grid and aging: only their seeds, in the rules' output paths
-        "observables": {"observables", "grid"},
-        "analysis": {"fits", "observables", "figures"},
+        # grid, aging and langevin: only their seeds and temperatures, in the rules' output paths
+        "train": {"train", "grid", "aging", "langevin"},
+        "observables": {"observables", "probes", "grid"},
+        "langevin": {"probes"},
+        "analysis": {"fits", "observables", "phases", "grid", "adaptive", "figures"},
     }.items():
         text = (ROOT / f"workflow/rules/{rule_file}.smk").read_text()
         assert set(re.findall(r'config\["(\w+)"\]', text)) == sections, rule_file
@@ -183,7 +190,9 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     stale = set(yaml.safe_load(status))  # DVC lists the stages whose own deps/params changed
     assert stale == TINY_TRAIN_STAGES, stale
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], repo).stdout)
-    assert sorted({s.split("@")[0] for s in ran}) == sorted([*DOWNSTREAM_OF_TRAIN, "train", "train_aging"])
+    assert sorted({s.split("@")[0] for s in ran}) == sorted(
+        [*DOWNSTREAM_OF_TRAIN, "train", "train_aging", "train_langevin"]
+    )
     assert "data" not in ran
     with xr.open_dataset(traj) as ds:
         assert ds.attrs["lr"] == 0.1

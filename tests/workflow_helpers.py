@@ -20,7 +20,21 @@ TINY = ROOT / "tests" / "tiny.yaml"
 # stage groups downstream of them, sorted
 TINY_TRAIN_STAGES = {f"train@{d}-{w}-0" for d in (1, 2) for w in (2, 8)}
 TINY_TRAIN_STAGES |= {"train_aging@1-8-0", "train_aging@1-8-1"}
-DOWNSTREAM_OF_TRAIN = ["aging_observables", "aging_study", "check", "figures", "fits", "observables", "study"]
+TINY_TRAIN_STAGES |= {f"train_langevin@{t}-1-8-0" for t in ("0.001", "0.1")}
+DOWNSTREAM_OF_TRAIN = [
+    "aging_observables",
+    "aging_study",
+    "check",
+    "figures",
+    "fits",
+    "langevin_observables",
+    "langevin_study",
+    "observables",
+    "propose_widths",
+    "study",
+]
+# the tiny study without its Langevin sweep (the SLURM tests, which count jobs and results)
+NO_LANGEVIN = {"langevin": {"depth": [], "width": [], "seed": [], "temperature": []}}
 
 
 def env() -> dict[str, str]:

@@ -4,7 +4,8 @@ Each function ``draw(study, fits)`` returns a ``matplotlib.figure.Figure`` built
 global figure state, no GUI backend (the Agg canvas renders it), safe in parallel workflow jobs.
 Saving is ``io.save_figure``'s job. The drawing lives in one module per subject: the loss
 (:mod:`bachglass.figures_loss`), the transition (:mod:`bachglass.figures_transition`) and aging
-(:mod:`bachglass.figures_aging`); their shared labels and styles in :mod:`bachglass.figures_layout`.
+(:mod:`bachglass.figures_aging`), and the observables beyond the paper (:mod:`bachglass.figures_glass`);
+their shared labels and styles in :mod:`bachglass.figures_layout`.
 """
 
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from bachglass.figures_aging import aging_collapse, aging_msd
+from bachglass.figures_glass import accuracy, generalisation_phases, langevin_tts, sharpness, two_time
 from bachglass.figures_loss import loss_curves, power_laws, sgd_floor
 from bachglass.figures_transition import (
     critical_widths,
@@ -22,8 +24,9 @@ from bachglass.figures_transition import (
 )
 from bachglass.fits import aging_view
 
-# The figure set drawn by the plot_figures rule, in paper-spec 1.8 order: file stem -> drawing function.
-FIGURES: dict[str, Callable[[xr.Dataset, xr.Dataset], Figure]] = {
+# The figure set drawn by the plot_figures rule, in paper-spec 1.8 order, then those of the observables
+# beyond the paper: file stem -> drawing function of (study, fits) (langevin_tts: of the sweep).
+FIGURES: dict[str, Callable[..., Figure]] = {
     "loss_curves": loss_curves,
     "power_laws": power_laws,
     "learning_times": learning_times,
@@ -33,17 +36,27 @@ FIGURES: dict[str, Callable[[xr.Dataset, xr.Dataset], Figure]] = {
     "aging_msd": aging_msd,
     "aging_collapse": aging_collapse,
     "sgd_floor": sgd_floor,
+    "two_time": two_time,
+    "sharpness": sharpness,
+    "accuracy": accuracy,
+    "generalisation_phases": generalisation_phases,
+    "langevin_tts": langevin_tts,
 }
-AGING_FIGURES = ("aging_msd", "aging_collapse")
+AGING_FIGURES = ("aging_msd", "aging_collapse", "two_time")
 
 
 def draw_all(
-    study: xr.Dataset, fits: xr.Dataset, aging: xr.Dataset | None = None
+    study: xr.Dataset,
+    fits: xr.Dataset,
+    aging: xr.Dataset | None = None,
+    langevin: xr.Dataset | None = None,
 ) -> Iterator[tuple[str, Figure]]:
     """Draw every figure of ``FIGURES``; the aging ones from the aging subset's longer runs if any."""
     view = aging_view(fits) if aging is not None else None
     for name, draw in FIGURES.items():
-        if name in AGING_FIGURES and view is not None:
+        if name == "langevin_tts":
+            yield name, draw(langevin)
+        elif name in AGING_FIGURES and view is not None:
             yield name, draw(aging, view)
         else:
             yield name, draw(study, fits)

@@ -1,8 +1,9 @@
-"""Observables of training runs (learning times, two-time MSD), as labelled arrays over the grid.
+"""Observables of training runs (learning times, two-time quantities), as labelled arrays over the grid.
 
 A run's ``trajectory.nc`` becomes its ``observables.nc``; :func:`combine_runs` tiles those into
 ``study.nc`` along (depth, width, seed). Time is counted in SGD steps (the ``step`` coordinate) and
-in epochs (the ``time`` coordinate); the checkpoint grid is the same for every run of a study.
+in epochs (the ``time`` coordinate); the checkpoint grid is the same for every run of a study. The
+two-time quantities themselves (Δ, D, Y, α₂, Q, C, τ_e) are computed in :mod:`bachglass.two_time`.
 """
 
 import itertools
@@ -16,11 +17,11 @@ import numpy as np
 import xarray as xr
 
 from bachglass.errors import DataError, ParamsError
+from bachglass.two_time import LAG_COORD, on_lag_grid, relaxation_time, two_time_observables
 
 log = logging.getLogger(__name__)
 
 RUN_DIMS = ("depth", "width", "seed")
-LAG_COORD = "time_since_tau_w"  # t' - tau_w, (tau_w, time); `lag` itself is msd_lag's dimension
 TRAJECTORY_VARS = ("loss", "heldout_loss", "clip_fraction", "theta")
 TRAJECTORY_ATTRS = ("n_parameters", "data_floor", "status", "diverged_step")
 # how the run was trained, carried to the study
@@ -33,9 +34,12 @@ TRAINING_ATTRS = (
     "checkpoints_per_decade",
     "dtype",
     "device",
+    "temperature",
 )
 STEPS, EPOCHS, NATS = "SGD steps", "epoch", "nat per note"
 TAU_CLOCKS = {"tau": "step", "tau_epoch": "time"}  # variable: coordinate that measures its time
+RELAXATION = {"tau_e": 1 / np.e, "tau_90": 0.9}  # variable: fraction of Q(τ_w, τ_w) it waits for
+LAG_INTERP = {"msd": True, "overlap": False, "cosine": False}  # on the lag grid, log-log or semi-log
 # name: (long_name, units) for every variable and coordinate we write
 ATTRS = {
     "loss": ("training cross-entropy", NATS),
@@ -46,6 +50,21 @@ ATTRS = {
     "msd": ("mean-square displacement of all parameters since tau_w", "1"),
     "msd_lag": ("mean-square displacement since tau_w on the common lag grid", "1"),
     "msd_group": ("mean-square displacement since tau_w within a parameter group", "1"),
+    "quartic": ("mean fourth power of the parameter displacement since tau_w", "1"),
+    "quartic_group": ("mean fourth power of the parameter displacement within a parameter group", "1"),
+    "y_ratio": ("fourth moment over squared mean-square displacement (3: Gaussian)", "1"),
+    "alpha2": ("non-Gaussian parameter of the displacement since tau_w (0: Gaussian)", "1"),
+    "alpha2_group": ("non-Gaussian parameter of the displacement within a parameter group", "1"),
+    "overlap": ("fraction of parameters within overlap_eps of their value at tau_w", "1"),
+    "overlap_lag": ("overlap since tau_w on the common lag grid", "1"),
+    "overlap_group": ("fraction of a group's parameters within overlap_eps_group of their tau_w value", "1"),
+    "overlap_eps": ("overlap distance: std of all parameters at tau_w / overlap_f", "1"),
+    "overlap_eps_group": ("overlap distance: std of the group's parameters at tau_w / overlap_f", "1"),
+    "cosine": ("cosine between the parameter vectors at tau_w and at t'", "1"),
+    "cosine_lag": ("cosine between the parameter vectors at tau_w and tau_w + lag", "1"),
+    "cosine_group": ("cosine between a group's parameter vectors at tau_w and at t'", "1"),
+    "tau_e": ("relaxation time: lag at which the overlap first drops below 1/e of its start", STEPS),
+    "tau_90": ("relaxation time: lag at which the overlap first drops below 0.9 of its start", STEPS),
     "n_parameters": ("number of trainable parameters", "1"),
     "n_parameters_group": ("number of trainable parameters in the group", "1"),
     "diverged": ("the run stopped on a non-finite loss", "1"),
@@ -71,6 +90,7 @@ class ObservablesConfig:
     eps: Sequence[float]  # nats/note above the data floor
     smoothing_decades: float  # running-median window in log10(step)
     tau_w: Sequence[int]  # SGD steps
+    overlap_f: float  # overlap distance ε = std(θ(τ_w)) / overlap_f
 
 
 def smoothed_loss(loss: xr.DataArray, decades: float) -> xr.DataArray:
@@ -140,72 +160,6 @@ def snap_to_grid(values: Sequence[int], grid: Sequence[int]) -> np.ndarray:
     return unique
 
 
-def msd(theta: xr.DataArray, tau_w_steps: Sequence[int], groups: xr.DataArray | None = None) -> xr.DataArray:
-    """Two-time mean-square displacement Δ(τ_w, t') = mean_i (θ_i(t') - θ_i(τ_w))².
-
-    Absolute-time convention (paper-spec 1.7f, v2): dims (..., tau_w, time), NaN for t' < τ_w,
-    coordinate ``time_since_tau_w`` = t' - τ_w in steps. Computed in float64: the early
-    differences of float32 snapshots are tiny. With ``groups`` (a label per param) the mean is
-    taken within each group, which gives a ``group`` dim (sorted labels).
-    """
-    step = theta["step"]
-    theta = theta.astype(np.float64)
-    if groups is not None:
-        theta = theta.assign_coords(group=("param", np.asarray(groups)))
-    parts = []
-    for tau_w in tau_w_steps:
-        k = np.flatnonzero(step.values == tau_w)
-        if k.size != 1:
-            raise ValueError(f"tau_w {tau_w} is not a checkpoint step; snap_to_grid it first")
-        sq = (theta - theta.isel(time=int(k[0]), drop=True)) ** 2
-        delta = sq.mean("param") if groups is None else sq.groupby("group").mean("param")
-        parts.append(delta.where(step >= tau_w))
-    tau_w = np.asarray(tau_w_steps, dtype=np.int64)
-    out = xr.concat(parts, dim="tau_w", coords="minimal", compat="override", join="exact")
-    lag = step.values[None, :] - tau_w[:, None]  # (tau_w, time)
-    out = out.assign_coords(tau_w=tau_w, **{LAG_COORD: (("tau_w", "time"), lag)})
-    lead = [d for d in theta.dims if d not in ("time", "param")]
-    order = [*lead, "group", "tau_w", "time"] if groups is not None else [*lead, "tau_w", "time"]
-    return out.transpose(*order).rename("msd" if groups is None else "msd_group")
-
-
-def _loglog_interp(x: np.ndarray, y: np.ndarray, xi: np.ndarray) -> np.ndarray:
-    """Linear interpolation of log y vs log x along y's last axis; NaN outside [x0, x-1].
-
-    Written as y_i^(1-f) y_(i+1)^f so that Δ = 0 (a frozen net) interpolates to 0, not NaN.
-    """
-    out = np.full((*y.shape[:-1], xi.size), np.nan)
-    if x.size == 0:
-        return out
-    inside = (xi >= x[0]) & (xi <= x[-1])
-    if x.size == 1:
-        out[..., inside] = y[..., :1]
-        return out
-    i = np.clip(np.searchsorted(x, xi[inside], side="right") - 1, 0, x.size - 2)
-    f = (np.log(xi[inside]) - np.log(x[i])) / (np.log(x[i + 1]) - np.log(x[i]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[..., inside] = y[..., i] ** (1 - f) * y[..., i + 1] ** f
-    return out
-
-
-def msd_on_lag_grid(msd: xr.DataArray, lags: Sequence[int]) -> xr.DataArray:
-    """Δ(τ_w, τ) on a common log-spaced grid of lags τ (v1 convention), interpolated in log-log.
-
-    A common grid lets Δ be compared and averaged across τ_w and runs (aging collapse vs τ/τ_w).
-    Lag 0 (Δ = 0, no logarithm) is excluded; lags outside a τ_w's measured range are NaN.
-    """
-    lags = np.asarray(lags, dtype=np.int64)
-    lead = [d for d in msd.dims if d not in ("tau_w", "time")]
-    m = msd.transpose(*lead, "tau_w", "time")
-    lag2d = m[LAG_COORD].transpose("tau_w", "time").values
-    out = np.full((*m.shape[:-1], lags.size), np.nan)
-    for j in range(m.sizes["tau_w"]):
-        keep = lag2d[j] > 0
-        out[..., j, :] = _loglog_interp(lag2d[j, keep], m.values[..., j, keep], lags)
-    coords = {k: c for k, c in m.coords.items() if "time" not in c.dims}
-    return xr.DataArray(out, dims=(*lead, "tau_w", "lag"), coords={**coords, "lag": lags})
-
-
 def _run_id(trajectory: xr.Dataset) -> str:
     """``d{depth}_w{width}_s{seed}`` of a one-run Dataset (for messages)."""
     values = [trajectory[d].values.ravel().tolist() for d in RUN_DIMS]
@@ -246,32 +200,68 @@ def _learning_times(
     return out
 
 
+def _two_time(
+    trajectory: xr.Dataset, alive: xr.DataArray, tau_w: np.ndarray, config: ObservablesConfig
+) -> dict[str, xr.DataArray]:
+    """Two-time quantities since each τ_w, their common-lag-grid versions and τ_e, τ_90.
+
+    θ is masked from a divergence on, so everything after it is NaN; a relaxation time the run
+    had not reached by then is NaN (invalid), not +inf (censored), as for the learning times.
+    """
+    step = trajectory["step"].values
+    theta = trajectory["theta"].where(alive)
+    pair = two_time_observables(theta, tau_w, config.overlap_f, groups=trajectory["group"])
+    lags = step[(step > 0) & (step <= step[-1] - tau_w[0])]
+    out = {name: pair[name] for name in pair.data_vars}
+    out |= {f"{v}_lag": on_lag_grid(pair[v], lags, log_values=log) for v, log in LAG_INTERP.items()}
+    for name, fraction in RELAXATION.items():
+        tau = relaxation_time(pair["overlap"], fraction)
+        out[name] = tau.where(np.isfinite(tau)) if trajectory.attrs["status"] == "diverged" else tau
+    return out
+
+
+def _with_probes(ds: xr.Dataset, probes: xr.Dataset, run: str) -> xr.Dataset:
+    """Merge the probes (accuracy, sharpness, ...) measured on the same run and checkpoints, as is."""
+    clash = sorted(set(probes.data_vars) & set(ds.data_vars))
+    if clash:
+        raise DataError(f"probes of {run}: {', '.join(clash)} already observables; rename them in probes")
+    differ = [d for d in (*RUN_DIMS, "time") if d in probes.dims and not ds[d].equals(probes[d])]
+    if "step" in probes.coords and not ds["step"].equals(probes["step"]):
+        differ.append("step")
+    if differ:
+        sizes = f"{probes.sizes.get('time', 0)} checkpoints, the trajectory {ds.sizes['time']}"
+        raise DataError(
+            f"probes of {run}: {', '.join(differ)} differ from the trajectory's (probes: {sizes}); "
+            "re-run the probes on this trajectory"
+        )
+    return xr.merge([ds, probes], join="exact", compat="override", combine_attrs="override")
+
+
 def run_observables(
-    trajectory: xr.Dataset, config: ObservablesConfig, provenance: dict[str, Any]
+    trajectory: xr.Dataset,
+    config: ObservablesConfig,
+    provenance: dict[str, Any],
+    probes: xr.Dataset | None = None,
 ) -> xr.Dataset:
-    """All observables of one run (the ``observables.nc`` layout).
+    """All observables of one run (the ``observables.nc`` layout), with its ``probes`` merged in.
 
     A diverged run is not a censored one: its loss and θ are masked from the divergence on, its
-    learning times for thresholds it had not reached are NaN (invalid), not +inf (censored), and
-    ``diverged`` flags it. Thresholds reached before the divergence keep their learning time.
+    learning and relaxation times that it had not reached are NaN (invalid), not +inf (censored),
+    and ``diverged`` flags it. Times reached before the divergence are kept. ``probes`` (variables
+    on the run's dims and checkpoints, measured elsewhere) must share the run's time grid exactly.
     """
     _check_trajectory(trajectory)
     attrs, step, alive = trajectory.attrs, trajectory["step"], _alive(trajectory)
     tau_w = snap_to_grid(config.tau_w, step.values)
     if tau_w.size == 0:
         raise ParamsError(f"params.yaml: observables.tau_w: all beyond step {int(step[-1])}")
-    theta = trajectory["theta"].where(alive)
-    total = msd(theta, tau_w)
-    lags = step.values[(step.values > 0) & (step.values <= step.values[-1] - tau_w[0])]
     labels, counts = np.unique(trajectory["group"].values, return_counts=True)
     run = {d: trajectory[d].values for d in RUN_DIMS}
     ds = xr.Dataset(
         {
             **{v: trajectory[v] for v in ("loss", "heldout_loss", "clip_fraction")},
             **_learning_times(trajectory, alive, config),
-            "msd": total,
-            "msd_lag": msd_on_lag_grid(total, lags),
-            "msd_group": msd(theta, tau_w, groups=trajectory["group"]),
+            **_two_time(trajectory, alive, tau_w, config),
             "n_parameters_group": xr.DataArray(counts, {"group": labels}, "group").expand_dims(run),
             "n_parameters": xr.DataArray(int(attrs["n_parameters"])).expand_dims(run),
             "diverged": xr.DataArray(attrs["status"] == "diverged").expand_dims(run),
@@ -282,6 +272,8 @@ def run_observables(
     )
     epochs = trajectory["time"].values[np.searchsorted(step.values, tau_w)]
     ds = ds.assign_coords(tau_w_epoch=("tau_w", epochs))
+    if probes is not None:
+        ds = _with_probes(ds, probes, _run_id(trajectory))
     carried = (*TRAJECTORY_ATTRS, *(a for a in TRAINING_ATTRS if a in attrs))
     ds.attrs = {**provenance, **{a: attrs[a] for a in carried}}
     return _with_cf_attrs(ds)

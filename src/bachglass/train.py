@@ -4,6 +4,11 @@ Plain SGD at constant lr (no momentum, no weight decay): a schedule would add it
 the glassy dynamics under study. The one deviation is an optional per-net global gradient-norm
 clip, whose activity is recorded as ``clip_fraction`` (feasibility: unclipped runs blow up at lr 0.5).
 
+At ``temperature`` T > 0 the dynamics is Langevin (Kerr Winter & Janssen): every step adds
+sqrt(2 T η / P)·ξ, ξ ~ N(0, I), where P is the number of scored notes of the training set, so that
+exp(-P L / T) is stationary and T is in nats per note (see :meth:`Ensemble.update`). Each run draws
+its noise from a generator of its own, seeded from its seed, whose state is checkpointed with it.
+
 A checkpoint at step k records the parameters θ_k *before* update k (k = 0 is the initial state,
 k = steps the final one) and the full training-set loss L(θ_k). The resumable state is written
 every ``resume_every`` steps to the ``checkpoint`` file; the caller deletes it
@@ -51,7 +56,8 @@ VARIABLES = {  # name: (long_name, units)
     "theta": ("parameter snapshot, flattened in model.param_specs order", "1"),
 }
 RECORDS = tuple(VARIABLES)  # recorded at every checkpoint, in this order
-SAVED = ("counters", "rng", "perm", "theta", "n_records")  # a resumable state, less its records
+SAVED = ("counters", "rng", "noise", "perm", "theta", "n_records")  # a resumable state, less its records
+NOISE_TAG = 0x4C414E47  # "LANG": a run's Langevin stream is seeded (seed, tag), apart from init and batches
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class TrainConfig:
     dtype: str
     device: str
     pack: int = 1
+    temperature: float = 0.0  # Langevin T, nats per note; 0: plain (S)GD, no random numbers drawn
 
 
 def checkpoint_steps(steps: int, per_decade: int) -> np.ndarray:
@@ -141,6 +148,8 @@ def train_runs(
     """
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ParamsError(f"train_runs: seeds {seeds} must be distinct and at least one")
+    if not config.temperature >= 0:  # NaN too
+        raise ParamsError(f"train.temperature: {config.temperature} is not >= 0; use 0 (no noise) or more")
     checkpoints = [None] * len(seeds) if checkpoints is None else checkpoints
     device, dtype = _resolve(config)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
@@ -297,6 +306,8 @@ class Data:
     def __init__(self, train: model.Batch, heldout: model.Batch | None, layout: model.HeadLayout) -> None:
         self.train = Corpus(train, layout)
         self.full = self.train.select(self.train.all)
+        # P: the loss is the mean over these (each voice of each scored chord is one note)
+        self.n_scored_notes = int(self.train.scored.sum().item()) * self.train.slots.shape[2]
         self.heldout = (
             None
             if heldout is None
@@ -306,11 +317,23 @@ class Data:
         )
 
 
-class _Member:
-    """What is one run's own in an ensemble: minibatch order and its records."""
+def noise_generator(seed: int, device: torch.device) -> torch.Generator:
+    """Return run ``seed``'s Langevin noise generator on ``device``: its own stream, whatever its pack.
 
-    def __init__(self, seed: int, n_train: int) -> None:
+    Seeded from (seed, :data:`NOISE_TAG`), not from the seed alone, which already seeds the init
+    (a torch generator too) and the batch order. On CUDA it is a device (Philox) generator: drawing
+    on the host would need a host-to-device copy, and so a wait for the GPU, at every step.
+    """
+    key = int(np.random.SeedSequence([seed, NOISE_TAG]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(key)
+
+
+class _Member:
+    """What is one run's own in an ensemble: minibatch order, Langevin noise and its records."""
+
+    def __init__(self, seed: int, n_train: int, noise: torch.Generator | None) -> None:
         self.rng = np.random.default_rng(seed)  # minibatch order; init uses its own torch generator
+        self.noise = noise  # Langevin noise (None at temperature 0)
         # the current epoch's permutation and position in it (exhausted: draw one at the first step)
         self.perm, self.pos, self.diverged_step = np.arange(0), n_train, -1
         self.records: dict[str, list[Any]] = {key: [] for key in RECORDS}
@@ -336,9 +359,19 @@ class Ensemble:
         self.batch_size = min(config.batch_size or self.n_train, self.n_train)
         self.full_batch = self.batch_size == self.n_train
         self.steps_per_epoch = math.ceil(self.n_train / self.batch_size)
-        self.members = [_Member(seed, self.n_train) for seed in seeds]
-        self.seeds = list(seeds)
         theta = engine.theta
+        self.n_scored_notes = data.n_scored_notes
+        self.noise_scale, self.noise = 0.0, None  # Langevin: θ += noise_scale·ξ after each step
+        if config.temperature > 0:
+            if self.n_scored_notes == 0:
+                raise DataError("encoded.nc: no scored note in the training chorales; re-create it")
+            self.noise_scale = math.sqrt(2 * config.temperature * config.lr / self.n_scored_notes)
+            self.noise = torch.empty_like(theta)  # (S, N) this step's ξ
+        self.members = [
+            _Member(seed, self.n_train, None if self.noise is None else noise_generator(seed, theta.device))
+            for seed in seeds
+        ]
+        self.seeds = list(seeds)
         self.clipped = theta.new_zeros(len(seeds))  # clipped steps since the last record, per run
         self.active = theta.new_ones(len(seeds))  # 0 once a run has diverged: its θ is frozen
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, losses) not yet checked (GPU)
@@ -420,7 +453,14 @@ class Ensemble:
         return losses
 
     def update(self, grad: torch.Tensor) -> None:
-        """One SGD step θ ← θ - lr·g per run, with g rescaled to norm ``clip_norm`` when longer."""
+        """One SGD step θ ← θ - lr·g per run, with g rescaled to norm ``clip_norm`` when longer.
+
+        At temperature T > 0, then θ ← θ + sqrt(2 T lr / P)·ξ (:meth:`add_noise`). With minibatches
+        the same noise is added to the minibatch gradient step (stochastic-gradient Langevin, Welling
+        & Teh 2011): P stays the training set's, whose mean loss the minibatch gradient estimates,
+        and the minibatch noise comes on top (the stationary state is then only approximately
+        exp(-P L / T)).
+        """
         clip = self.config.clip_norm
         if clip is not None:
             norm = torch.linalg.vector_norm(grad, dim=1)
@@ -429,6 +469,24 @@ class Ensemble:
         if self.n_stopped:  # NaN·0 is NaN: a diverged run's gradient is dropped, not scaled
             grad.masked_fill_(self.active.unsqueeze(1) == 0, 0.0)
         self.engine.theta.add_(grad, alpha=-self.config.lr)
+        self.add_noise()
+
+    def add_noise(self) -> None:
+        """θ ← θ + sqrt(2 T lr / P)·ξ per run, ξ ~ N(0, I) from the run's own generator (T > 0 only).
+
+        The stationary density of this Langevin step is exp(-P L / T), L the mean loss per note and
+        P the number of scored training notes, so T is in nats per note. Row m of ξ comes from run
+        m's generator alone, so a run's noise does not depend on its pack; a diverged run's θ stays 0.
+        At T = 0 nothing is drawn, so plain (S)GD is bitwise what it was without this step.
+        """
+        noise = self.noise
+        if noise is None:
+            return
+        for row, member in zip(noise, self.members, strict=True):
+            row.normal_(generator=member.noise)  # (N,) on θ's device
+        if self.n_stopped:
+            noise.mul_(self.active.unsqueeze(1))
+        self.engine.theta.add_(noise, alpha=self.noise_scale)
 
     def state(self, m: int, identity: dict[str, Any]) -> dict[str, Any]:
         """All run ``m``'s resume needs, as tensors and plain Python types (loadable with weights_only).
@@ -442,6 +500,7 @@ class Ensemble:
         now = {
             "counters": [self.step, member.pos, clipped, self.last_record, member.diverged_step],
             "rng": member.rng.bit_generator.state,
+            "noise": None if member.noise is None else member.noise.get_state(),  # uint8, on the CPU
             "perm": torch.as_tensor(member.perm).clone(),
             "theta": self.engine.theta[m].cpu().clone(),
             "n_records": len(member.records["loss"]),
@@ -461,6 +520,8 @@ class Ensemble:
             self.step, member.pos, clipped, self.last_record, member.diverged_step = state["counters"]
             self.clipped[m] = clipped
             member.rng.bit_generator.state = state["rng"]
+            if member.noise is not None:  # the identity holds the temperature: None only at T = 0
+                member.noise.set_state(state["noise"])
             member.perm = state["perm"].numpy()
             self.engine.theta[m].copy_(state["theta"])
             if member.diverged_step >= 0:
@@ -486,6 +547,7 @@ def _train(
     ``received`` collects the stop signals (:func:`stop_signals`): the run saves and stops on one.
     """
     config = ens.config
+    _log_temperature(ens, name)
     # in a log file (no terminal) a bar redrawn 10 times a second would bloat it: redraw every 30 s
     interval = 0.1 if sys.stderr.isatty() else 30.0
     bar = tqdm(
@@ -515,6 +577,19 @@ def _train(
                 *(identity["depth"], identity["width"], identity["seed"], k, k / ens.steps_per_epoch),
                 *(config.lr, len(member.records["loss"])),
             )
+
+
+def _log_temperature(ens: Ensemble, name: str) -> None:
+    """Log the Langevin temperature and the noise it adds per step (or that there is none)."""
+    config = ens.config
+    if ens.noise is None:
+        log.info("%s: temperature 0, plain (S)GD without noise", name)
+        return
+    log.info(
+        "%s: Langevin temperature T = %g nats per note: θ += %.4g·ξ per step, = sqrt(2 T lr / P) with "
+        "lr = %g and P = %d scored training notes",
+        *(name, config.temperature, ens.noise_scale, config.lr, ens.n_scored_notes),
+    )
 
 
 def _loop(
@@ -687,6 +762,8 @@ def _trajectory(
         "device": device,
         "status": "diverged" if member.diverged_step >= 0 else "completed",
         "diverged_step": int(member.diverged_step),
+        "temperature": float(ens.config.temperature),  # Langevin T, nats per note (0: plain (S)GD)
+        "n_scored_notes": int(ens.n_scored_notes),  # P, the training notes the loss is the mean over
         "ensemble_size": len(ens.members),  # runs trained with it as one batched model (round-off only)
     }
     params = {"train": asdict(ens.config), **{k: identity[k] for k in ("depth", "width", "seed")}}

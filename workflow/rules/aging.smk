@@ -6,7 +6,8 @@
 use rule extract_observables as extract_aging_observables with:
     input:
         trajectory=upstream(f"{AGING_RUN}/trajectory.nc"),
-        code=code("observables"),
+        encoded=upstream(rules.publish_data.output.encoded),
+        code=code("observables", "two_time", "probes", "model"),
     output:
         observables=f"{AGING_RUN}/observables.nc",
     log:

@@ -1,9 +1,9 @@
 rule fit_study:
-    """Power laws, critical widths w_c(d, eps) and w_c*(d), and the aging collapse, with CIs."""
+    """Power laws, critical widths w_c(d, eps) and w_c*(d), the aging collapse (with CIs), phases."""
     input:
         study=upstream(rules.combine_study.output.study),
         aging=upstream(aging_study()),
-        code=code("fits", "critical", "aging", "observables"),
+        code=code("fits", "critical", "aging", "observables", "phases"),
     output:
         fits="results/fits.nc",
         metrics="results/metrics.json",
@@ -16,8 +16,29 @@ rule fit_study:
     params:
         fits=config["fits"],
         observables=config["observables"],
+        phases=config["phases"],
     script:
         "../scripts/fit_study.py"
+
+
+rule propose_widths:
+    """New widths where the w_c* interval is widest: `python -m bachglass.adaptive --apply` adds them."""
+    input:
+        fits=upstream(rules.fit_study.output.fits),
+        code=code("adaptive"),
+    output:
+        proposals="results/proposed_widths.yaml",
+    log:
+        f"{LOGS}/propose_widths.log",
+    benchmark:
+        f"{BENCHMARKS}/propose_widths.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        grid=config["grid"],
+        adaptive=config["adaptive"],
+    script:
+        "../scripts/propose_widths.py"
 
 
 rule check_science:
@@ -43,6 +64,7 @@ rule plot_figures:
         study=upstream(rules.combine_study.output.study),
         fits=upstream(rules.fit_study.output.fits),
         aging=upstream(aging_study()),
+        langevin=upstream(langevin_study()),
         code=code(*FIGURE_MODULES, "fits"),
     output:
         figures=figure_files(),

@@ -23,11 +23,20 @@ except ParamsError as err:
 RUN_ID = "d{depth}_w{width}_s{seed}"
 RUN = f"results/runs/{RUN_ID}"
 AGING_RUN = f"results/aging/{RUN_ID}"  # the longer runs of the aging subset
+LANGEVIN_RUN = f"results/langevin/T{{temperature}}/{RUN_ID}"  # the Langevin sweep, one folder per T
 DATA = "results/data"
 FIGURES = "results/figures"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
-FIGURE_MODULES = ["figures", "figures_layout", "figures_loss", "figures_transition", "figures_aging"]
+FIGURE_MODULES = [
+    "figures",
+    "figures_layout",
+    "figures_loss",
+    "figures_transition",
+    "figures_aging",
+    "figures_glass",
+    "langevin",
+]
 FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
     "loss_curves",
     "power_laws",
@@ -38,6 +47,12 @@ FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
     "aging_msd",
     "aging_collapse",
     "sgd_floor",
+    # beyond the paper (paper-spec Part 2 and §4)
+    "two_time",
+    "sharpness",
+    "accuracy",
+    "generalisation_phases",
+    "langevin_tts",
 ]
 
 
@@ -45,6 +60,7 @@ wildcard_constraints:
     depth=r"\d+",
     width=r"\d+",
     seed=r"\d+",
+    temperature=r"[0-9.e+-]+",
 
 
 def all_runs(filename):
@@ -87,6 +103,36 @@ def aging_params():
         "train": config["train"] | {"steps": aging["steps"]},
         "observables": config["observables"] | {"tau_w": aging["tau_w"]},
         "grid": {key: aging[key] for key in ("depth", "width", "seed")},
+    }
+
+
+def langevin_runs(filename):
+    """The file `filename` of every run of the Langevin sweep (none when its grid is empty).
+
+    A temperature's folder is named by str() of the number, as DVC names it in dvc.yaml's matrix.
+    """
+    sweep = config["langevin"]
+    return expand(
+        f"{LANGEVIN_RUN}/{filename}",
+        temperature=[str(t) for t in sweep["temperature"]],
+        depth=sweep["depth"],
+        width=sweep["width"],
+        seed=sweep["seed"],
+    )
+
+
+def langevin_study():
+    """results/langevin.nc when there is a Langevin sweep, else nothing."""
+    return ["results/langevin.nc"] if langevin_runs("x") else []
+
+
+def langevin_params(temperature=None):
+    """The train (at `temperature`) and observables sections of the Langevin sweep."""
+    sweep = config["langevin"]
+    return {
+        "train": config["train"] | {"steps": sweep["steps"], "temperature": temperature},
+        "observables": config["observables"] | {"tau_w": sweep["tau_w"]},
+        "grid": {key: sweep[key] for key in ("depth", "width", "seed", "temperature")},
     }
 
 

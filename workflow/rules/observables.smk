@@ -1,8 +1,9 @@
 rule extract_observables:
-    """Learning times and two-time mean-square displacements of one run."""
+    """Learning times, two-time observables, accuracy and sharpness of one run."""
     input:
         trajectory=upstream(f"{RUN}/trajectory.nc"),
-        code=code("observables"),
+        encoded=upstream(rules.publish_data.output.encoded),
+        code=code("observables", "two_time", "probes", "model"),
     output:
         observables=f"{RUN}/observables.nc",
     log:
@@ -10,9 +11,11 @@ rule extract_observables:
     benchmark:
         f"{BENCHMARKS}/extract_observables/{RUN_ID}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../../envs/torch.yaml"
+    threads: 1
     params:
         observables=config["observables"],
+        probes=config["probes"],
     script:
         "../scripts/extract_observables.py"
 

@@ -1,24 +1,34 @@
 # A training job trains a pack of seeds of one (depth, width) as one batched model (train.pack seeds,
 # bachglass.ensemble); each run still gets its own trajectory.nc.
-TRAIN_SETS = {  # rule name: (run directory pattern, seeds, train params)
-    "train_run": (RUN, config["grid"]["seed"], config["train"]),
-    "train_aging_run": (AGING_RUN, config["aging"]["seed"], aging_params()["train"]),
-}
+TRAIN_SETS = [  # (rule family, rule name, run directory pattern, seeds, train params)
+    ("train_run", "train_run", RUN, config["grid"]["seed"], config["train"]),
+    ("train_aging_run", "train_aging_run", AGING_RUN, config["aging"]["seed"], aging_params()["train"]),
+    *(  # one family of rules per temperature of the Langevin sweep; profiles name the family
+        (
+            "train_langevin_run",
+            f"train_langevin_run_T{str(temperature).replace('.', 'p').replace('-', 'm').replace('+', '')}",
+            LANGEVIN_RUN.replace("{temperature}", str(temperature)),
+            config["langevin"]["seed"],
+            langevin_params(temperature)["train"],
+        )
+        for temperature in config["langevin"]["temperature"]
+    ),
+]
 
 # Both branches define their rules at the same indentation: Snakemake's code trigger compares the
 # text of the script directive, so that snakemake after dvc repro (or the reverse) re-runs nothing.
 PACKS = [
-    (train_rule, run_pattern, all_seeds, seeds, train_params)
-    for train_rule, (run_pattern, all_seeds, train_params) in TRAIN_SETS.items()
+    (family, train_rule, run_pattern, all_seeds, seeds, train_params)
+    for family, train_rule, run_pattern, all_seeds, train_params in TRAIN_SETS
     for seeds in seed_packs(all_seeds, config["train"]["pack"])
 ]
 
 if not UNDER_DVC:
     # One job per pack, writing every run of it. The rules are made per pack because a job's output
     # files must follow from the wildcards of any one of them.
-    for train_rule, run_pattern, all_seeds, seeds, train_params in PACKS:
+    for family, train_rule, run_pattern, all_seeds, seeds, train_params in PACKS:
         pack = "_".join(map(str, seeds))
-        inherit_profile_settings(train_rule, f"{train_rule}_s{pack}")
+        inherit_profile_settings(family, f"{train_rule}_s{pack}")
 
         rule:
             name:
@@ -48,7 +58,8 @@ else:
     # write-protects the outputs it has committed, so a job may write only its own run. The first
     # job of a pack trains the pack and leaves the other runs' trajectories in a content-addressed
     # cache, from which their jobs take them: a pack is trained once here too.
-    for train_rule, (run_pattern, all_seeds, train_params) in TRAIN_SETS.items():
+    for family, train_rule, run_pattern, all_seeds, train_params in TRAIN_SETS:
+        inherit_profile_settings(family, train_rule)
 
         rule:
             name:

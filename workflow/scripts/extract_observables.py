@@ -1,8 +1,10 @@
-"""Extract one run's observables from its trajectory (rule extract_observables)."""
+"""Extract one run's observables from its trajectory and the chorales (rule extract_observables)."""
 
 from typing import TYPE_CHECKING
 
-from bachglass import io, observables
+import torch
+
+from bachglass import io, observables, probes
 from bachglass.errors import run_step
 
 if TYPE_CHECKING:
@@ -10,12 +12,19 @@ if TYPE_CHECKING:
 
 
 def main() -> None:
-    """Map Snakemake's input/params/output onto one library call."""
+    """Map Snakemake's input/params/output onto the two library calls: probes, then observables."""
+    torch.set_num_threads(snakemake.threads)
     params = snakemake.params.observables
+    trajectory = io.read_netcdf(snakemake.input.trajectory, required=observables.TRAJECTORY_VARS)
+    encoded = io.read_netcdf(snakemake.input.encoded, required=probes.ENCODED_VARIABLES)
+    measured = probes.probe_run(trajectory, encoded, probes.ProbesConfig(**snakemake.params.probes))
     result = observables.run_observables(
-        io.read_netcdf(snakemake.input.trajectory, required=observables.TRAJECTORY_VARS),
+        trajectory,
         observables.ObservablesConfig(**params),
-        provenance=io.provenance(params, ["observables"]),
+        provenance=io.provenance(
+            {**params, "probes": snakemake.params.probes}, ["observables", "two_time", "probes", "model"]
+        ),
+        probes=measured,
     )
     io.write_netcdf(result, snakemake.output.observables)
 

@@ -15,9 +15,10 @@ def main() -> None:
     study = io.read_netcdf(snakemake.input.study)
     fits = io.read_netcdf(snakemake.input.fits)
     aging = io.read_netcdf(snakemake.input.aging[0]) if snakemake.input.aging else None
+    langevin = io.read_netcdf(snakemake.input.langevin[0]) if snakemake.input.langevin else None
     params = snakemake.params.figures
     outdir = Path(snakemake.output.figures[0]).parent
-    for name, fig in figures.draw_all(study, fits, aging):
+    for name, fig in figures.draw_all(study, fits, aging, langevin):
         io.save_figure(fig, outdir / name, params["formats"], params["dpi"])
 
 
