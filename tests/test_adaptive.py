@@ -76,9 +76,18 @@ def test_widest_interval_gets_widths_in_its_largest_gaps_in_order():
 def test_next_depth_once_the_widest_interval_has_no_free_integer():
     fits = make_fits({1: (16.5, 19.5), 2: (3.0, 9.0), 3: (9.5, 15.0)})
     proposals = propose_widths(fits, GRID, 6)
-    # depth 2 (6 wide): 5, 7, then the ends 3 and 9; depth 3 (5.5 wide): 10-15 all taken; depth 1: 17, 19
-    assert widths_of(proposals) == [5, 7, 3, 9, 17, 19]
-    assert [p.depth for p in proposals] == [2, 2, 2, 2, 1, 1]
+    # depth 2 (6 wide, cut to the grid's [4, 9]): 5, 7, then the end 9; depth 3 (5.5 wide): 10-15 all
+    # taken; depth 1: 17, 19
+    assert widths_of(proposals) == [5, 7, 9, 17, 19]
+    assert [p.depth for p in proposals] == [2, 2, 2, 1, 1]
+    assert "cut to the grid's range [4, 9]" in proposals[0].reason
+
+
+def test_an_interval_beyond_the_grid_is_cut_to_its_range():
+    """A bootstrap tail to w = 400 must not propose w = 216: new widths stay within the grid's range."""
+    proposals = propose_widths(make_fits({1: (9.0, 400.0), 2: (-30.0, 14.5)}), GRID, 4)
+    assert all(min(GRID) < p.width < max(GRID) for p in proposals), widths_of(proposals)
+    assert len(proposals) == 4 and all("cut to the grid's range" in p.reason for p in proposals)
 
 
 def test_existing_widths_are_never_proposed_and_a_short_plan_says_why(caplog):
@@ -185,7 +194,6 @@ def test_apply_twice_changes_nothing_the_second_time(params_copy):
 @pytest.mark.parametrize(
     ("line", "what"),
     [
-        ("  width:\n    - 4\n    - 8\n", "'width:' is not a single-line flow list"),
         ("  width: [4, 8,\n          16]  # split\n", "'width: [4, 8,' is not a single-line flow list"),
         ("  width: [4, 8.5]\n", "[4, 8.5] is not a list of integers"),
     ],
@@ -199,6 +207,17 @@ def test_malformed_width_line_is_a_params_error_and_the_file_is_untouched(params
     with pytest.raises(ParamsError, match=re.escape(f"{params_copy}: grid.width: ") + ".*" + re.escape(what)):
         apply_proposals(params_copy, [22], SCHEMA)
     assert params_copy.read_text() == bad
+
+
+def test_a_block_style_width_list_becomes_one_flow_line(params_copy):
+    """What yaml.safe_dump writes (the tests' params files): the items' lines become one flow line."""
+    lines = params_copy.read_text().splitlines(keepends=True)
+    i = grid_width_index(lines)
+    params_copy.write_text("".join([*lines[:i], "  width:  # block\n    - 4\n    - 8\n", *lines[i + 1 :]]))
+    assert apply_proposals(params_copy, [6], SCHEMA) == [4, 6, 8]
+    after = params_copy.read_text().splitlines(keepends=True)
+    assert after[i] == "  width: [4, 6, 8]  # block\n"
+    assert [*after[:i], *after[i + 1 :]] == [*lines[:i], *lines[i + 1 :]]
 
 
 def test_apply_that_breaks_the_schema_is_refused_and_the_file_is_untouched(params_copy):

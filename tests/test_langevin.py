@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import Interrupted, make_encoded, train_config
+from conftest import Interrupted, make_encoded, make_trajectory, train_config
 
-from bachglass import model, train
+from bachglass import langevin, model, train
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -231,3 +231,46 @@ def test_cuda_langevin_is_deterministic_and_has_the_right_scale(encoded):
     for a, b in zip(runs(encoded, [0, 1], cfg), runs(encoded, [0, 1], cfg), strict=True):
         xr.testing.assert_identical(a, b)
     assert_diffuses_with_variance_2_T_lr_over_P_per_step(encoded, cfg, torch.device("cuda"))
+
+
+# --- the sweep: runs along temperature, and tau_e(T) ---
+
+
+def sweep_runs(temperatures, seeds=(0, 1)):
+    from bachglass.observables import ObservablesConfig, run_observables
+
+    config = ObservablesConfig(eps=[0.5], smoothing_decades=0.1, tau_w=[10], overlap_f=100)
+    runs = []
+    for t in temperatures:
+        for seed in seeds:
+            traj = make_trajectory(1, 4, seed, sigma=0.01 * t**0.5)  # hotter: faster diffusion
+            traj.attrs |= {"temperature": t, "cell": "rnn_tanh", "lr": 0.25}
+            runs.append(run_observables(traj, config, {}))
+    return runs
+
+
+def test_the_sweep_tiles_runs_along_temperature_and_hotter_runs_relax_sooner():
+    sweep = langevin.combine_sweep(sweep_runs([0.1, 0.01, 1.0]), {"params_sha256": "x"})
+    assert sweep["temperature"].values.tolist() == [0.01, 0.1, 1.0]
+    assert {"temperature", "depth", "width", "seed", "tau_w", "time"} == set(sweep["overlap"].dims)
+    assert "temperature" not in sweep.attrs and sweep["temperature"].attrs["units"] == "nat per note"
+    tau_e = sweep["tau_e"].sel(tau_w=10).mean(("depth", "width", "seed")).values
+    assert tau_e[0] > tau_e[1] > tau_e[2]
+
+
+def test_relaxation_power_law_recovers_a_known_exponent():
+    temperatures = np.array([1e-4, 1e-3, 1e-2, 1e-1])
+    tau = xr.DataArray(5.0 * temperatures**-0.5, {"temperature": temperatures}, "temperature")
+    slope, intercept = langevin.relaxation_power_law(tau.expand_dims(seed=[0, 1]))
+    assert slope == pytest.approx(-0.5) and intercept == pytest.approx(np.log10(5.0))
+    censored = tau.copy(data=[np.inf, *tau.values[1:]])  # not reached at the coldest T: left out
+    assert langevin.relaxation_power_law(censored)[0] == pytest.approx(-0.5)
+
+
+def test_an_empty_sweep_or_a_run_without_temperature_is_a_data_error():
+    with pytest.raises(DataError, match="no runs to combine"):
+        langevin.combine_sweep([], {})
+    run = sweep_runs([0.1])[0]
+    del run.attrs["temperature"]
+    with pytest.raises(DataError, match="carry no temperature"):
+        langevin.combine_sweep([run], {})

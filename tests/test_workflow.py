@@ -11,7 +11,7 @@ import xarray as xr
 import yaml
 from workflow_helpers import DOWNSTREAM_OF_TRAIN, ROOT, TINY_TRAIN_STAGES, copy_project, edit_params, run
 
-from bachglass import figures
+from bachglass import adaptive, figures
 
 pytestmark = pytest.mark.slow
 SMK = ["snakemake", "--cores", "2"]
@@ -197,10 +197,19 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     with xr.open_dataset(traj) as ds:
         assert ds.attrs["lr"] == 0.1
     assert traj.read_bytes() != before
+    after_lr_edit = traj.read_bytes()
     assert_pack_trained_once(repo)
     for seed in (0, 1):
         with xr.open_dataset(repo / f"results/aging/d1_w8_s{seed}/trajectory.nc") as ds:
             assert ds.attrs["lr"] == 0.1 and ds.attrs["ensemble_size"] == 2
+
+    # adaptive widths: a width appended to grid.width trains that width only, at every depth
+    adaptive.apply_proposals(repo / "params.yaml", [5], schema=repo / "workflow/schemas/params.schema.yaml")
+    ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], repo).stdout)
+    assert {s for s in ran if s.startswith("train")} == {"train@1-5-0", "train@2-5-0"}
+    assert traj.read_bytes() == after_lr_edit
+    with xr.open_dataset(repo / "results/study.nc") as study:
+        assert study["width"].values.tolist() == [2, 5, 8]
 
 
 def test_bad_score_stops_the_step_with_one_line_naming_the_file(tiny_study, tmp_path):
@@ -220,3 +229,14 @@ def test_bad_score_stops_the_step_with_one_line_naming_the_file(tiny_study, tmp_
     assert any(f"{path}: 3 parts, expected 4 (S, A, T, B)" in line for line in errors), proc.stderr
     assert (tiny_study / "results/study.nc").read_bytes() == before
     assert not (tiny_study / "results/data/chorales/chorales.json.tmp").exists()
+
+
+def test_appended_widths_train_only_the_new_runs(tiny_study, tmp_path):
+    """`python -m bachglass.adaptive --apply` edits grid.width; the next pass trains the new width only."""
+    repo = shutil.copytree(tiny_study, tmp_path / "repo")
+    adaptive.apply_proposals(repo / "params.yaml", [5], schema=repo / "workflow/schemas/params.schema.yaml")
+    out = run(["snakemake", "-n", "--quiet", "rules"], repo).stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+    assert jobs["train_run_s0"] == "2" and jobs["extract_observables"] == "2", out  # (1, 5) and (2, 5)
+    assert not any(rule.startswith(("train_aging", "train_langevin", "extract_aging")) for rule in jobs), out
+    assert {"combine_study", "fit_study", "propose_widths", "plot_figures"} <= set(jobs), out

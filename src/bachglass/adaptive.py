@@ -40,6 +40,8 @@ SCHEMA = "workflow/schemas/params.schema.yaml"
 GRID_LINE = re.compile(r"grid\s*:\s*(#.*)?$")
 WIDTH_KEY = re.compile(r"\s+width\s*:")
 FLOW_LIST = re.compile(r"(?P<head>\s+width\s*:\s*)\[(?P<items>[^\[\]#]*)\](?P<tail>\s*(#.*)?)")
+BLOCK_HEAD = re.compile(r"(?P<head>\s+width\s*:)\s*(?P<tail>#.*)?")  # width: (items on the next lines)
+BLOCK_ITEM = re.compile(r"\s+-\s+(?P<value>[^\s#]+)\s*(#.*)?")
 
 
 @dataclass(frozen=True)
@@ -124,13 +126,18 @@ def plan_widths(fits: xr.Dataset, widths: Sequence[int], n_widths: int) -> tuple
     intervals, note = transition_intervals(fits)
     taken = {int(w) for w in widths}
     proposals: list[Proposal] = []
+    # an interval reaching beyond the grid is cut to its range: a bootstrap tail must not ask for
+    # a width far from every measured one (w = 300 costs more than the whole grid)
+    low, high = (min(taken), max(taken)) if taken else (1, math.inf)
     for rank, iv in enumerate(intervals, start=1):
-        while len(proposals) < n_widths and (pick := largest_gap_pick(iv.lo, iv.hi, taken)):
+        lo, hi = max(iv.lo, low), min(iv.hi, high)
+        cut = f", cut to the grid's range [{lo:.4g}, {hi:.4g}]" if (lo, hi) != (iv.lo, iv.hi) else ""
+        while len(proposals) < n_widths and lo < hi and (pick := largest_gap_pick(lo, hi, taken)):
             k, a, b = pick
             taken.add(k)
             reason = (
                 f"{iv.source} of depth {iv.depth} lies in [{iv.lo:.4g}, {iv.hi:.4g}] "
-                f"({iv.hi - iv.lo:.3g} wide, rank {rank} of {len(intervals)}); "
+                f"({iv.hi - iv.lo:.3g} wide, rank {rank} of {len(intervals)}{cut}); "
                 f"{k} splits its largest open gap ({a:.4g}, {b:.4g})"
             )
             proposals.append(Proposal(k, iv.depth, iv.lo, iv.hi, iv.source, reason))
@@ -204,6 +211,24 @@ def _width_line(lines: list[str], where: str) -> int:
     raise ParamsError(f"{where}: grid.width: no 'width:' line inside a block-style 'grid:' section")
 
 
+def _flow_from_block(lines: list[str], i: int) -> list[str]:
+    """Rewrite a block-style width list (``width:`` then ``- 4`` lines) as one flow-list line.
+
+    A params.yaml written by a YAML dumper has block lists; the edit then changes those lines only.
+    """
+    head = BLOCK_HEAD.fullmatch(lines[i].rstrip("\r\n"))
+    if head is None:
+        return lines
+    j, items = i + 1, []
+    while j < len(lines) and (item := BLOCK_ITEM.fullmatch(lines[j].rstrip("\r\n"))):
+        items.append(item["value"])
+        j += 1
+    if not items:
+        return lines
+    tail = f"  {head['tail']}" if head["tail"] else ""
+    return [*lines[:i], f"{head['head']} [{', '.join(items)}]{tail}\n", *lines[j:]]
+
+
 def _merged_line(line: str, widths: Sequence[int], where: str) -> tuple[str, list[int]]:
     """Merge ``widths`` into the width line, sorted, keeping its indent and trailing comment."""
     body = line.rstrip("\r\n")
@@ -224,7 +249,8 @@ def _merged_line(line: str, widths: Sequence[int], where: str) -> tuple[str, lis
 def apply_proposals(params_path: str | Path, widths: Sequence[int], schema: str | Path = SCHEMA) -> list[int]:
     """Append ``widths`` to grid.width of ``params_path`` in place; return the new width list.
 
-    Only the grid.width line changes (edited as text, so every comment and every other byte stays);
+    Only the grid.width line changes (edited as text, so every comment and every other byte stays;
+    a block-style list becomes one flow-list line);
     the result must still parse to that list and validate against ``schema`` before it replaces the
     file (atomically). ``schema`` is relative to the working directory, like in the Snakefile.
     """
@@ -232,6 +258,7 @@ def apply_proposals(params_path: str | Path, widths: Sequence[int], schema: str 
     text = Path(params_path).read_text()
     lines = text.splitlines(keepends=True)
     i = _width_line(lines, where)
+    lines = _flow_from_block(lines, i)
     lines[i], new = _merged_line(lines[i], widths, where)
     new_text = "".join(lines)
     config = yaml.safe_load(new_text)

@@ -99,7 +99,7 @@ def two_time(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         ax.set_xlabel(RATIO_LABEL)
     axes[0, 0].legend(fontsize=6, ncols=2)
     axes[0, 3].legend(fontsize=7)
-    eps = f"ε = std(θ(τ_w)) / {study.attrs.get('overlap_f', 'f')}"
+    eps = f"ε = std(θ(τ_w)) / {study['overlap'].attrs.get('overlap_f', 'f'):g}"
     fig.suptitle(f"Two-time observables (seed means; Q with {eps})", fontsize=10)
     return _linear_when_empty(fig)
 
@@ -181,6 +181,13 @@ def generalisation_phases(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     return fig
 
 
+def _geometric_mean(values: np.ndarray) -> float:
+    """Geometric mean of the finite positive values (τ_e over seeds; +inf = not reached, left out)."""
+    values = np.asarray(values, float).ravel()
+    keep = np.isfinite(values) & (values > 0)
+    return float(np.exp(np.log(values[keep]).mean())) if keep.any() else np.nan
+
+
 def _tts_panel(ax: Axes, sweep: xr.Dataset, scaled: bool) -> None:
     """Q(τ_w, τ_w + t) of each temperature against t, or t / τ_e(T) when ``scaled``."""
     temperatures = sweep["temperature"].values
@@ -190,9 +197,7 @@ def _tts_panel(ax: Axes, sweep: xr.Dataset, scaled: bool) -> None:
         one = sweep.sel(temperature=temperature, tau_w=tau_w)
         lag = one[LAG_COORD].values.astype(float)
         q = nanmean(one["overlap"].transpose(..., "time").values.reshape(-1, lag.size), axis=0)
-        tau_e = (
-            float(np.nanmean(np.where(np.isfinite(one["tau_e"]), one["tau_e"], np.nan))) if scaled else 1.0
-        )
+        tau_e = _geometric_mean(one["tau_e"].values) if scaled else 1.0
         keep = lag > 0
         ax.plot(lag[keep] / tau_e, q[keep], color=cmap(k), label=f"T = {temperature:g}")
     ax.set(
@@ -214,17 +219,7 @@ def langevin_tts(sweep: xr.Dataset | None) -> Figure:
     ax, temperatures = axes[0, 2], sweep["temperature"].values
     for j, tau_w in enumerate(sweep["tau_w"].values):
         tau = sweep["tau_e"].sel(tau_w=tau_w)
-        other = [d for d in tau.dims if d != "temperature"]
-        mean = np.exp(
-            nanmean(
-                np.log(
-                    tau.where(np.isfinite(tau))
-                    .transpose("temperature", *other)
-                    .values.reshape(temperatures.size, -1)
-                ),
-                axis=1,
-            )
-        )
+        mean = [_geometric_mean(tau.sel(temperature=t).values) for t in temperatures]
         slope, _ = relaxation_power_law(tau)
         ax.plot(temperatures, mean, marker="os"[j % 2], label=f"τ_w = {tau_w}: slope {slope:.2f}")
     ax.set(xscale="log", yscale="log", xlabel="temperature T (nats/note)", ylabel="τ_e (SGD steps)")

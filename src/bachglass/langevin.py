@@ -22,6 +22,8 @@ def combine_sweep(datasets: Sequence[xr.Dataset], provenance: dict[str, Any]) ->
 
     Each temperature's runs must form the full (depth, width, seed) grid, as in ``combine_runs``.
     """
+    if not datasets:
+        raise DataError("langevin: no runs to combine; list langevin.temperature, depth, width and seed")
     by_temperature: dict[float, list[xr.Dataset]] = {}
     for ds in datasets:
         if "temperature" not in ds.attrs:

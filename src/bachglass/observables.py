@@ -276,7 +276,10 @@ def run_observables(
         ds = _with_probes(ds, probes, _run_id(trajectory))
     carried = (*TRAJECTORY_ATTRS, *(a for a in TRAINING_ATTRS if a in attrs))
     ds.attrs = {**provenance, **{a: attrs[a] for a in carried}}
-    return _with_cf_attrs(ds)
+    ds = _with_cf_attrs(ds)
+    for name in ("overlap", "overlap_group", "overlap_eps", "overlap_lag"):
+        ds[name].attrs["overlap_f"] = config.overlap_f  # eps = std(theta(tau_w)) / overlap_f
+    return ds
 
 
 def _with_cf_attrs(ds: xr.Dataset) -> xr.Dataset:

@@ -40,6 +40,7 @@ class ProbesConfig:
     sharpness_per_decade: int  # sharpness checkpoints per decade of step; 0 = no sharpness
     power_iterations: int  # Hessian-vector products per sharpness value
     sharpness_chorales: int  # the first N training chorales define the loss whose Hessian is probed
+    device: str  # cpu | cuda | auto (CUDA when present)
 
 
 @dataclass(frozen=True)
@@ -262,10 +263,11 @@ def probe_run(
     Dims (depth, width, seed, time) and the coordinates of ``trajectory``. Sharpness is that of the
     training loss on the first ``sharpness_chorales`` training chorales (all of them if fewer), NaN
     where not measured; every probe is NaN at the checkpoints of a diverged run from its divergence on,
-    and the held-out accuracy is NaN without held-out chorales. ``device`` None: CUDA when present.
+    and the held-out accuracy is NaN without held-out chorales. ``device`` None: ``config.device``,
+    recorded in the sharpness attributes (CPU and CUDA values differ by round-off).
     """
     net = _check(trajectory, encoded)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device)
+    device = resolve_device(config.device) if device is None else torch.device(device)
     layout = model.HeadLayout(net.vocab_sizes)
     train, heldout = model.encode_splits(encoded, layout, F64, device)
     theta, steps = _snapshots(trajectory).to(device), trajectory["step"].values
@@ -281,8 +283,15 @@ def probe_run(
     tokens, mask = encoded["tokens"].values[first], encoded["mask"].values[first]
     subset = model.encode_batch(tokens, mask, layout, F64, device)  # trimmed to their own length
     values["sharpness"][index] = sharpness(net, theta[index], subset, config.power_iterations)
-    attrs = asdict(config) | {"sharpness_chorales": len(first)}  # the subset actually used
+    attrs = asdict(config) | {"sharpness_chorales": len(first), "device": device.type}  # as used
     return _dataset(trajectory, {k: v.cpu().numpy() for k, v in values.items()}, attrs)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when present) as a torch device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def _snapshots(trajectory: xr.Dataset) -> Tensor:

@@ -21,7 +21,7 @@ use rule extract_observables as extract_aging_observables with:
 use rule combine_study as combine_aging with:
     input:
         observables=upstream(aging_runs("observables.nc")),
-        code=code("observables"),
+        code=code("observables", "two_time"),
     output:
         study="results/aging.nc",
     log:

@@ -3,7 +3,7 @@ rule fit_study:
     input:
         study=upstream(rules.combine_study.output.study),
         aging=upstream(aging_study()),
-        code=code("fits", "critical", "aging", "observables", "phases"),
+        code=code("fits", "critical", "aging", "observables", "two_time", "phases"),
     output:
         fits="results/fits.nc",
         metrics="results/metrics.json",
@@ -25,7 +25,7 @@ rule propose_widths:
     """New widths where the w_c* interval is widest: `python -m bachglass.adaptive --apply` adds them."""
     input:
         fits=upstream(rules.fit_study.output.fits),
-        code=code("adaptive"),
+        code=code("adaptive", "params"),
     output:
         proposals="results/proposed_widths.yaml",
     log:

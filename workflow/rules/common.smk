@@ -36,6 +36,8 @@ FIGURE_MODULES = [
     "figures_aging",
     "figures_glass",
     "langevin",
+    "observables",
+    "two_time",
 ]
 FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
     "loss_curves",
@@ -127,10 +129,15 @@ def langevin_study():
 
 
 def langevin_params(temperature=None):
-    """The train (at `temperature`) and observables sections of the Langevin sweep."""
+    """The train (at `temperature`, full batch) and observables sections of the Langevin sweep.
+
+    Full-batch gradient descent plus noise, whatever train.batch_size says. The gradient clipping of
+    train.clip_norm stays: unclipped, these tanh RNNs blow up at eta = 0.25 and 0.05 alike (README).
+    """
     sweep = config["langevin"]
+    train = {"steps": sweep["steps"], "temperature": temperature, "batch_size": None}
     return {
-        "train": config["train"] | {"steps": sweep["steps"], "temperature": temperature},
+        "train": config["train"] | train,
         "observables": config["observables"] | {"tau_w": sweep["tau_w"]},
         "grid": {key: sweep[key] for key in ("depth", "width", "seed", "temperature")},
     }

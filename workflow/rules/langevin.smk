@@ -23,7 +23,7 @@ rule combine_langevin:
     """All Langevin runs' observables in one dataset along (temperature, depth, width, seed)."""
     input:
         observables=upstream(langevin_runs("observables.nc")),
-        code=code("observables", "langevin"),
+        code=code("observables", "two_time", "langevin"),
     output:
         study="results/langevin.nc",
     log:

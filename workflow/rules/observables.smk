@@ -24,7 +24,7 @@ rule combine_study:
     """All runs' observables in one labelled dataset along (depth, width, seed)."""
     input:
         observables=upstream(all_runs("observables.nc")),
-        code=code("observables"),
+        code=code("observables", "two_time"),
     output:
         study="results/study.nc",
     log:
