@@ -27,7 +27,11 @@ NO_SLURM = os.environ.get(
 # Everything else in the profiles is used as shipped.
 TEST_DEFAULTS = {"slurm_partition": "debug", "slurm_account": "ci", "mem_mb": 1000, "runtime": 10}
 # distinct per family, so that sacct shows each family's settings reached its own jobs
-TEST_SIZES = {"train_run": {"mem_mb": 1100, "runtime": 7}, "train_aging_run": {"mem_mb": 1200, "runtime": 9}}
+TEST_SIZES = {
+    "train_run": {"mem_mb": 1100, "runtime": 7},
+    "train_aging_run": {"mem_mb": 1200, "runtime": 9},
+    "train_langevin_run": {"mem_mb": 1300, "runtime": 8},
+}
 TEST_SETTINGS = {"jobs": 4, "latency-wait": 5, "retries": 0, "slurm-init-seconds-before-status-checks": 2}
 
 
@@ -117,7 +121,7 @@ def slurm_jobs(repo: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def cluster_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A copy of the project that has run the tiny study with `snakemake --profile slurm` on the cluster."""
-    repo = copy_project(tmp_path_factory.mktemp("slurm"), NO_LANGEVIN)
+    repo = copy_project(tmp_path_factory.mktemp("slurm"))
     site_profile(repo, "slurm")
     proc = snakemake_on_slurm(repo, "slurm")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -133,7 +137,8 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     repo, log = cluster_study
     jobs = slurm_jobs(repo)
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    assert sorted(jobs) == sorted(submitted) and len(jobs) == 18  # every job but `all` and publish_data
+    # every job but `all` and publish_data (the Langevin sweep: 2 training, 2 extraction, 1 combine)
+    assert sorted(jobs) == sorted(submitted) and len(jobs) == 24
     records = accounting(list(jobs))
     assert {r["State"] for r in records.values()} == {"COMPLETED"}, records
     # every result file was written by exactly one SLURM job (the job id is kept out of the NetCDF attrs,
@@ -142,7 +147,7 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     # a data step's job writes to a staging folder; publish_data (a localrule) moves the files into place
     made_by = [re.sub(r"^results/data/\.staging/[^/]+/", "results/data/", path) for path in made_by]
     results = sorted(str(p.relative_to(repo)) for p in (repo / "results").rglob("*.nc"))
-    assert len(results) == 16 and all(made_by.count(path) == 1 for path in results), (results, made_by)
+    assert len(results) == 21 and all(made_by.count(path) == 1 for path in results), (results, made_by)
     fields = "JobID:6,Comment:44,State:11,TimeUsed:8,NodeList:6,tres-alloc:50"
     pretty = subprocess.run(["squeue", "-t", "all", "-O", fields], capture_output=True, text=True).stdout
     print(pretty)  # the evidence, for the record (pytest -s)
@@ -155,11 +160,12 @@ def test_training_jobs_got_their_gpu_and_sizes_from_the_profile(cluster_study):
     jobs = slurm_jobs(repo)
     records = accounting(list(jobs))
     training = {job_id: job["rule"] for job_id, job in jobs.items() if job["rule"].startswith("train")}
-    assert sorted(training.values()) == ["train_aging_run_s0_1", *["train_run_s0"] * 4]
+    langevin = ["train_langevin_run_T0p001_s0", "train_langevin_run_T0p1_s0"]
+    assert sorted(training.values()) == sorted(["train_aging_run_s0_1", *langevin, *["train_run_s0"] * 4])
     for job_id, record in records.items():
         assert ("gres/gpu=1" in record["AllocTRES"]) == (job_id in training), record
     for job_id, rule in training.items():
-        sizes = TEST_SIZES[rule.rsplit("_s", 1)[0]]
+        sizes = TEST_SIZES[re.sub(r"_T\w+$", "", rule.rsplit("_s", 1)[0])]
         assert records[job_id]["ReqMem"] == f"{sizes['mem_mb']}M", (rule, records[job_id])
         assert records[job_id]["Timelimit"] == f"00:{sizes['runtime']:02d}:00", (rule, records[job_id])
 
@@ -169,7 +175,7 @@ def test_training_jobs_got_their_gpu_and_sizes_from_the_profile(cluster_study):
 def test_cluster_results_equal_a_local_runs(cluster_study, tiny_study):
     repo, _ = cluster_study
     results = sorted(p.relative_to(tiny_study) for p in (tiny_study / "results").rglob("*.nc"))
-    assert len(results) == 16
+    assert len(results) == 21
     for rel in results:
         assert (repo / rel).read_bytes() == (tiny_study / rel).read_bytes(), rel
 
