@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 
@@ -158,6 +159,21 @@ def train_config(**overrides):
 
 class Interrupted(Exception):
     """Raised by ``die_after_first_save`` where a real run would have been killed."""
+
+
+def die_at_save(monkeypatch, n):
+    """Interrupt the run just before its ``n``-th checkpoint file is written (a kill between files)."""
+    calls = [0]
+    real = torch.save
+
+    def save(obj, path):
+        calls[0] += 1
+        if calls[0] == n:
+            monkeypatch.setattr(torch, "save", real)
+            raise Interrupted
+        real(obj, path)
+
+    monkeypatch.setattr(torch, "save", save)
 
 
 @pytest.fixture

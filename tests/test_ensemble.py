@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import Interrupted, make_encoded, train_config
+from conftest import Interrupted, die_at_save, make_encoded, train_config
 
 from bachglass import ensemble, model, train
 
@@ -176,21 +176,6 @@ def test_runs_interrupted_at_different_steps_resume_as_separate_cohorts(
         fraction = a.clip_fraction.values
         assert ((fraction > 0) & (fraction < 1)).any()  # clipping on and off between checkpoints
     assert resumed[0].attrs["ensemble_size"] == 1  # the resumed one trained on alone
-
-
-def die_at_save(monkeypatch, n):
-    """Interrupt the run just before its ``n``-th checkpoint file is written (a kill between files)."""
-    calls = [0]
-    real = torch.save
-
-    def save(obj, path):
-        calls[0] += 1
-        if calls[0] == n:
-            monkeypatch.setattr(torch, "save", real)
-            raise Interrupted
-        real(obj, path)
-
-    monkeypatch.setattr(torch, "save", save)
 
 
 def assert_bitwise(runs, reference):

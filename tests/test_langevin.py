@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import Interrupted, make_encoded, make_trajectory, train_config
+from conftest import Interrupted, die_at_save, make_encoded, make_trajectory, train_config
 
 from bachglass import langevin, model, train
 from bachglass.errors import DataError, ParamsError
@@ -134,20 +134,6 @@ def test_interrupted_langevin_run_resumes_bitwise(encoded, tmp_path, die_after_f
     assert not resumed[0].theta.equals(
         runs(encoded, [0], config(batch_size=batch_size, temperature=0.0))[0].theta
     )
-
-
-def die_at_save(monkeypatch, n):
-    """Interrupt the run just before its ``n``-th checkpoint file is written (a kill between files)."""
-    calls, real = [0], torch.save
-
-    def save(obj, path):
-        calls[0] += 1
-        if calls[0] == n:
-            monkeypatch.setattr(torch, "save", real)
-            raise Interrupted
-        real(obj, path)
-
-    monkeypatch.setattr(torch, "save", save)
 
 
 def interrupt_between_files(encoded, cfg, paths, monkeypatch, n):
