@@ -32,8 +32,11 @@ def make_trajectory(
     status="completed",
     diverged_step=-1,
     epochs_per_step=0.5,
+    cell="synthetic",
 ):
     """One run's trajectory Dataset (dims depth, width, seed: 1; time; param).
+
+    ``cell`` "synthetic" (no model's): θ is taken as the net's function parameters as it stands.
 
     Defaults: loss = floor + 2 (1 + step)^-1/2; theta = a Gaussian random walk with variance
     sigma² per SGD step, sampled at the checkpoints; groups layer1..layer{depth} (6 params each)
@@ -76,7 +79,7 @@ def make_trajectory(
             "group": ("param", labels),
         },
         attrs={
-            "cell": "rnn_tanh",
+            "cell": cell,
             "lr": 0.5,
             "batch_size": 16,
             "n_parameters": labels.size,

@@ -298,3 +298,34 @@ def test_jsb_chorale_with_voices_out_of_order_names_it(tmp_path):
     path = write_jsb(tmp_path, data)
     with pytest.raises(DataError, match=re.escape(f"{path}: chorale train[0]: parts not in S > A > T > B")):
         chorales.parse_jsb(path, ["train"], 4, "http://x/jsb.json")
+
+
+def test_a_jsb_file_trains_on_exactly_its_train_split_and_holds_out_valid_then_test(tmp_path):
+    # ids sort test* < train* < valid*: the split, not the id order, decides who trains
+    data = {
+        "train": [[C] * 4 + [F] * 4, [F] * 4 + [G] * 4, [G] * 4 + [C] * 4],
+        "valid": [[C] * 4 + [G] * 4, [G] * 8],
+        "test": [[F] * 8, [C] * 8, [F] * 4 + [C] * 4],
+    }
+    path = write_jsb(tmp_path, data)
+    parsed = chorales.parse_jsb(path, ["train", "valid", "test"], 4, "url")
+    assert {c["id"]: c["split"] for c in parsed}["test000"] == "test"
+    everyone = EncodingConfig("quarter", "none", 0, 100, "sorted", 0, None, 4)
+    ds = encode(parsed, everyone)
+    train = ds["chorale"].values[ds["split"].values == "train"].tolist()
+    heldout = ds["chorale"].values[ds["split"].values == "heldout"].tolist()
+    assert train == ["train000", "train001", "train002"]
+    assert heldout == ["valid000", "valid001", "test000", "test001"]
+    assert ds.attrs["n_train"] == 3
+    # a shuffled order permutes within the train split; it never trains on another split
+    for seed in range(5):
+        shuffled = encode(parsed, EncodingConfig("quarter", "none", 0, 100, "shuffled", seed, 2, 3))
+        trained = shuffled["chorale"].values[shuffled["split"].values == "train"].tolist()
+        assert len(trained) == 2 and all(c.startswith("train") for c in trained)
+    with pytest.raises(
+        DataError, match=r"encoding.n_train: 4 training .* only 3 chorales of the file's 'train'"
+    ):
+        encode(parsed, EncodingConfig("quarter", "none", 0, 100, "sorted", 0, 4, 0))
+    without_train = [c for c in parsed if c["split"] != "train"]
+    with pytest.raises(DataError, match=r"add .train. to data\.url\.splits"):
+        encode(without_train, everyone)

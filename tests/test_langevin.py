@@ -230,7 +230,7 @@ def sweep_runs(temperatures, seeds=(0, 1)):
     for t in temperatures:
         for seed in seeds:
             traj = make_trajectory(1, 4, seed, sigma=0.01 * t**0.5)  # hotter: faster diffusion
-            traj.attrs |= {"temperature": t, "cell": "rnn_tanh", "lr": 0.25}
+            traj.attrs |= {"temperature": t, "lr": 0.25}
             runs.append(run_observables(traj, config, {}))
     return runs
 

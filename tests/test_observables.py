@@ -14,6 +14,7 @@ from bachglass.errors import DataError, ParamsError
 from bachglass.observables import (
     ObservablesConfig,
     combine_runs,
+    function_parameters,
     learning_time,
     run_observables,
     smoothed_loss,
@@ -342,6 +343,9 @@ def test_run_observables_layout_and_io_round_trip(tmp_path):
         "msd": (*run, "tau_w", "time"),
         "msd_lag": (*run, "tau_w", "lag"),
         "msd_group": (*run, "group", "tau_w", "time"),
+        "msd_normalised": (*run, "tau_w", "time"),
+        "msd_normalised_lag": (*run, "tau_w", "lag"),
+        "theta_sq_mean": (*run, "time"),
         **{v: (*run, "tau_w", "time") for v in ("quartic", "y_ratio", "alpha2", "overlap", "cosine")},
         **{
             f"{v}_group": (*run, "group", "tau_w", "time") for v in ("quartic", "alpha2", "overlap", "cosine")
@@ -368,7 +372,7 @@ def test_run_observables_layout_and_io_round_trip(tmp_path):
     assert ds["tau_e"].attrs["units"] == "SGD steps" and ds["overlap"].attrs["units"] == "1"
     assert ds.attrs == {
         **PROVENANCE, "n_parameters": 17, "data_floor": 0.5, "status": "completed", "diverged_step": -1,
-        "cell": "rnn_tanh", "lr": 0.5, "batch_size": 16, "device": "cpu",
+        "cell": "synthetic", "lr": 0.5, "batch_size": 16, "device": "cpu",
     }  # fmt: skip
     assert ds["n_parameters_group"].values.ravel().tolist() == [6, 6, 5]
     assert not ds["diverged"].item() and ds["diverged_step"].item() == -1
@@ -535,7 +539,7 @@ def test_combine_runs_tiles_the_grid_without_leaking_group(study, tmp_path):
     assert study["diverged"].dtype == bool and not study["diverged"].any()
     assert study.attrs == {
         "params_sha256": "study", "data_floor": 0.5,
-        "cell": "rnn_tanh", "lr": 0.5, "batch_size": 16, "device": "cpu",
+        "cell": "synthetic", "lr": 0.5, "batch_size": 16, "device": "cpu",
     }  # fmt: skip
     assert study["loss"].attrs["units"] == "nat per note"
     io.write_netcdf(study, tmp_path / "study.nc")
@@ -579,9 +583,65 @@ def test_study_keeps_the_training_settings_that_all_runs_share():
     runs = []
     for width, lr in [(4, 0.25), (8, 0.25)]:
         traj = make_trajectory(1, width, 0)
-        traj.attrs |= {"cell": "rnn_tanh", "lr": lr, "batch_size": 8, "device": "cpu"}
+        traj.attrs |= {"lr": lr, "batch_size": 8, "device": "cpu"}
         runs.append(run_observables(traj, CONFIG, PROVENANCE))
     study = combine_runs(runs, PROVENANCE)
-    assert (study.attrs["cell"], study.attrs["lr"], study.attrs["batch_size"]) == ("rnn_tanh", 0.25, 8)
+    assert (study.attrs["cell"], study.attrs["lr"], study.attrs["batch_size"]) == ("synthetic", 0.25, 8)
     runs[1].attrs["lr"] = 0.5
     assert "lr" not in combine_runs(runs, PROVENANCE).attrs
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_a_layers_two_biases_count_once_as_their_sum(cell):
+    import torch
+
+    from bachglass import model
+
+    vocab, depth, width = (3, 4, 2, 3), 2, 5
+    specs = model.param_specs(cell, depth, width, vocab)
+    steps = checkpoint_steps(100, 10)
+    traj = make_trajectory(depth=depth, width=width, steps=steps, cell=cell, group_sizes={
+        **{f"layer{i}": sum(s.size for s in specs if s.group == f"layer{i}") for i in range(1, depth + 1)},
+        "readout": sum(s.size for s in specs if s.group == "readout"),
+    })  # fmt: skip
+    theta = traj["theta"].values[0, 0, 0]  # (time, N)
+    merged = function_parameters(traj)
+    gates = {"rnn_tanh": 1, "gru": 3, "lstm": 4}[cell]
+    n_merged = depth * width * (2 if cell == "gru" else gates)  # GRU: r and z only (n multiplies b_hn by r)
+    assert merged.sizes["param"] == theta.shape[1] - n_merged
+    # the function is the same with (b_ih + b_hh, 0) as with (b_ih, b_hh): b_hh's merged part is redundant
+    net = model.RNNModel(cell, depth, width, vocab)
+    flat = torch.as_tensor(theta[-1], dtype=torch.float64)
+    views = dict(zip([s.name for s in specs], model.split_flat(flat.clone(), specs), strict=True))
+    moved = flat.clone()
+    moved_views = dict(zip([s.name for s in specs], model.split_flat(moved, specs), strict=True))
+    for layer in range(depth):
+        n = gates * width if cell != "gru" else 2 * width
+        moved_views[f"rnn.bias_ih_l{layer}"][:n] += views[f"rnn.bias_hh_l{layer}"][:n]
+        moved_views[f"rnn.bias_hh_l{layer}"][:n] = 0
+    x = torch.randn(6, 2, sum(vocab), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for values in (flat, moved):
+        for (_name, p), v in zip(
+            net.double().named_parameters(), model.split_flat(values, specs), strict=True
+        ):
+            p.data.copy_(v)
+        outputs.append(net(x))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    keep, source, target = model.merged_biases(cell, specs)
+    np.testing.assert_allclose(
+        merged.values[0, 0, 0][:, target], theta[:, keep[target]] + theta[:, source].astype(float)
+    )
+    assert (merged["group"].values == np.asarray(traj["group"].values)[keep]).all()
+
+
+def test_normalised_msd_divides_by_the_mean_square_parameter_at_tau_w():
+    steps = checkpoint_steps(1000, 10)
+    traj = make_trajectory(steps=steps, sigma=0.05)
+    ds = run_observables(traj, dataclasses.replace(CONFIG, tau_w=[10, 100]), PROVENANCE).squeeze()
+    theta = traj["theta"].values[0, 0, 0].astype(float)
+    for tau_w in (10, 100):
+        k = int(np.flatnonzero(steps == tau_w)[0])
+        expected = ds["msd"].sel(tau_w=tau_w) / np.mean(theta[k] ** 2)
+        np.testing.assert_allclose(ds["msd_normalised"].sel(tau_w=tau_w), expected, rtol=1e-12)
+    np.testing.assert_allclose(ds["theta_sq_mean"], np.mean(theta**2, axis=1), rtol=1e-12)

@@ -296,6 +296,9 @@ def _key(pitches: np.ndarray, steps_per_quarter: int) -> dict[str, Any]:
 def parse_jsb(path: Path, splits: list[str], steps_per_quarter: int, source_url: str) -> list[dict]:
     """Chorale dicts from a JSB-Chorales file: ids ``<split><index:03d>``, sorted by id.
 
+    Each keeps its split (``split``): encoding trains on the file's ``train`` split and holds out the
+    others (:func:`bachglass.encoding.select`), whatever the ids' sort order.
+
     Each step of the file is one ``[S, A, T, B]`` chord on a grid of ``steps_per_quarter`` steps per
     quarter note; runs of the same pitch become one event.
     """
@@ -318,6 +321,7 @@ def parse_jsb(path: Path, splits: list[str], steps_per_quarter: int, source_url:
             chorales.append(
                 {
                     "id": f"{split}{index:03d}",
+                    "split": split,  # the file's own split: "train" trains, the others are held out
                     "source": f"{source_url}#{split}/{index}",
                     "sha256": sha256,
                     "key": _key(pitches, steps_per_quarter),

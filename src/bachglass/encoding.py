@@ -24,6 +24,7 @@ TARGET_TONIC = {"major": 0, "minor": 9}  # C major, A minor
 REST, PAD_TOKEN, PAD_PITCH = -1, -1, -2
 # Event boundaries are floats (triplets give 1/3): a boundary within this of a grid point is on it.
 GRID_TOLERANCE = 1e-6
+HELDOUT_SPLITS = ("valid", "test")  # a JSB file's splits other than "train", in held-out order
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ def select(chorales: list[dict], config: EncodingConfig) -> tuple[list[dict], in
     """Chorales of allowed length in training order, and how many of them (the first) train.
 
     The order is by id, or a seeded permutation of that, so the selection never depends on the order
-    in which the chorales arrive.
+    in which the chorales arrive. Chorales of a file with its own splits (JSB: ``split`` train, valid,
+    test) train only from its ``train`` split; the held-out ones come from the others, ``valid``
+    first. Without splits the first ``n_train`` train and the next ``n_heldout`` are held out.
     """
     if not chorales:
         raise DataError("chorales: the corpus is empty; check the data section of params.yaml")
@@ -101,14 +104,38 @@ def select(chorales: list[dict], config: EncodingConfig) -> tuple[list[dict], in
         )
     if config.order == "shuffled":
         fit = [fit[i] for i in np.random.default_rng(config.order_seed).permutation(len(fit))]
-    n_train = len(fit) - config.n_heldout if config.n_train is None else config.n_train
-    if n_train < 1 or n_train + config.n_heldout > len(fit):
+    if any("split" in c for c in fit):  # a file with its own splits: train on "train", hold out the rest
+        pool = [c for c in fit if c.get("split") == "train"]
+        others = sorted((c for c in fit if c.get("split") != "train"), key=_split_rank)  # stable
+        if not pool:
+            raise DataError(
+                f"chorales: none of the {len(fit)} chorales of allowed length is from the file's 'train' "
+                "split; add 'train' to data.url.splits"
+            )
+        n_train = len(pool) if config.n_train is None else config.n_train
+        held = others
+        found = f"{len(pool)} chorales of the file's 'train' split and {len(others)} of its other splits"
+    else:
+        pool = fit
+        n_train = len(fit) - config.n_heldout if config.n_train is None else config.n_train
+        held = fit[max(n_train, 0) :]
+        found = str(len(fit))
+    if n_train < 1 or n_train > len(pool) or config.n_heldout > len(held):
         raise DataError(
             f"encoding.n_train: {config.n_train} training + {config.n_heldout} held-out chorales "
-            f"requested, but only {len(fit)} of {len(chorales)} last {lo}-{hi} quarters; lower "
+            f"requested, but only {found} of {len(chorales)} last {lo}-{hi} quarters; lower "
             "encoding.n_train/encoding.n_heldout or widen encoding.min_quarters/encoding.max_quarters"
         )
-    return fit[: n_train + config.n_heldout], n_train
+    return pool[:n_train] + held[: config.n_heldout], n_train
+
+
+def _split_rank(chorale: dict) -> int:
+    """Held-out order of a file's splits: ``valid`` before ``test`` before any other."""
+    return (
+        HELDOUT_SPLITS.index(chorale["split"])
+        if chorale.get("split") in HELDOUT_SPLITS
+        else len(HELDOUT_SPLITS)
+    )
 
 
 def data_floor(tokens: np.ndarray, lengths: np.ndarray) -> float:

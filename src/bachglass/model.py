@@ -73,6 +73,35 @@ def param_groups(specs: list[ParamSpec]) -> np.ndarray:
     return np.repeat([s.group for s in specs], [s.size for s in specs])
 
 
+def merged_biases(cell: str, specs: list[ParamSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How to read the flat θ as the parameters of the function the net computes, each once.
+
+    A layer's two bias vectors enter its pre-activation only as their sum b_ih + b_hh, so they get
+    identical gradients and are one parameter: the entries of ``bias_hh`` that are plain sums
+    (all of them for rnn_tanh and LSTM; the r and z gates for GRU, whose n gate multiplies b_hn by
+    r) are added to their ``bias_ih`` partner and dropped. Returns ``keep`` (indices of θ kept, in
+    order), and ``source``, ``target``: θ[source] is added to kept entry ``target``.
+    """
+    offsets = np.cumsum([0] + [s.size for s in specs])
+    dropped, source, target_flat = [], [], []
+    for k, spec in enumerate(specs):
+        if ".bias_hh_l" not in spec.name:
+            continue
+        n = spec.size if cell != "gru" else 2 * spec.size // 3  # GRU: r and z, not n
+        partner = k - 1  # bias_ih of the same layer comes just before (param_specs' order)
+        if specs[partner].name != spec.name.replace("bias_hh", "bias_ih"):
+            raise ValueError(f"merged_biases: {spec.name} does not follow its bias_ih")
+        src = offsets[k] + np.arange(n)
+        dropped.append(src)
+        source.append(src)
+        target_flat.append(offsets[partner] + np.arange(n))
+    drop = np.concatenate(dropped) if dropped else np.array([], dtype=np.int64)
+    keep = np.setdiff1d(np.arange(offsets[-1]), drop)
+    source_idx = np.concatenate(source) if source else drop
+    target = np.searchsorted(keep, np.concatenate(target_flat)) if target_flat else drop
+    return keep, source_idx, target
+
+
 def split_flat(flat: Tensor, specs: list[ParamSpec]) -> list[Tensor]:
     """Split ``flat`` (N,) into views shaped like each parameter; writing a view writes ``flat``."""
     views = torch.split(flat, [s.size for s in specs])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from bachglass import model
 from bachglass.errors import DataError, ParamsError
 from bachglass.two_time import LAG_COORD, on_lag_grid, relaxation_time, two_time_observables
 
@@ -39,7 +40,12 @@ TRAINING_ATTRS = (
 STEPS, EPOCHS, NATS = "SGD steps", "epoch", "nat per note"
 TAU_CLOCKS = {"tau": "step", "tau_epoch": "time"}  # variable: coordinate that measures its time
 RELAXATION = {"tau_e": 1 / np.e, "tau_90": 0.9}  # variable: fraction of Q(τ_w, τ_w) it waits for
-LAG_INTERP = {"msd": True, "overlap": False, "cosine": False}  # on the lag grid, log-log or semi-log
+LAG_INTERP = {
+    "msd": True,
+    "msd_normalised": True,
+    "overlap": False,
+    "cosine": False,
+}  # on the lag grid, log-log or semi-log
 # name: (long_name, units) for every variable and coordinate we write
 ATTRS = {
     "loss": ("training cross-entropy", NATS),
@@ -50,6 +56,9 @@ ATTRS = {
     "msd": ("mean-square displacement of all parameters since tau_w", "1"),
     "msd_lag": ("mean-square displacement since tau_w on the common lag grid", "1"),
     "msd_group": ("mean-square displacement since tau_w within a parameter group", "1"),
+    "msd_normalised": ("mean-square displacement since tau_w over the mean square parameter at tau_w", "1"),
+    "msd_normalised_lag": ("normalised mean-square displacement since tau_w on the common lag grid", "1"),
+    "theta_sq_mean": ("mean square parameter |theta|^2 / N", "1"),
     "quartic": ("mean fourth power of the parameter displacement since tau_w", "1"),
     "quartic_group": ("mean fourth power of the parameter displacement within a parameter group", "1"),
     "y_ratio": ("fourth moment over squared mean-square displacement (3: Gaussian)", "1"),
@@ -66,7 +75,7 @@ ATTRS = {
     "tau_e": ("relaxation time: lag at which the overlap first drops below 1/e of its start", STEPS),
     "tau_90": ("relaxation time: lag at which the overlap first drops below 0.9 of its start", STEPS),
     "n_parameters": ("number of trainable parameters", "1"),
-    "n_parameters_group": ("number of trainable parameters in the group", "1"),
+    "n_parameters_group": ("parameters of the group, a layer's two biases counted once", "1"),
     "diverged": ("the run stopped on a non-finite loss", "1"),
     "diverged_step": ("SGD step of the first non-finite loss; -1: did not diverge", STEPS),
     "time": ("training time", EPOCHS),
@@ -200,8 +209,36 @@ def _learning_times(
     return out
 
 
+def function_parameters(trajectory: xr.Dataset) -> xr.DataArray:
+    """θ (..., time, param) in float64 as the parameters of the function the net computes, each once.
+
+    A layer's two biases enter only as their sum (:func:`bachglass.model.merged_biases`): that sum
+    is one parameter, so Δ, Q, C and N count it once, not twice. The ``group`` labels follow. A
+    trajectory of no model's cell (synthetic test data) is taken as it stands.
+    """
+    theta = trajectory["theta"]
+    if trajectory.attrs["cell"] not in model.CELLS:
+        return theta.transpose(..., "param").astype(np.float64)
+    width, depth = int(trajectory["width"].item()), int(trajectory["depth"].item())
+    n_io = int((trajectory["group"].values == "readout").sum()) // (width + 1)  # readout: n_io·(w + 1)
+    specs = model.param_specs(trajectory.attrs["cell"], depth, width, (n_io,))
+    if sum(spec.size for spec in specs) != theta.sizes["param"]:
+        raise DataError(
+            f"trajectory {_run_id(trajectory)}: theta does not hold a {trajectory.attrs['cell']} net"
+        )
+    keep, source, target = model.merged_biases(trajectory.attrs["cell"], specs)
+    theta = theta.transpose(..., "param").astype(np.float64)
+    merged = theta.isel(param=keep).copy()
+    merged.values[..., target] += theta.values[..., source]
+    return merged
+
+
 def _two_time(
-    trajectory: xr.Dataset, alive: xr.DataArray, tau_w: np.ndarray, config: ObservablesConfig
+    trajectory: xr.Dataset,
+    theta: xr.DataArray,
+    alive: xr.DataArray,
+    tau_w: np.ndarray,
+    config: ObservablesConfig,
 ) -> dict[str, xr.DataArray]:
     """Two-time quantities since each τ_w, their common-lag-grid versions and τ_e, τ_90.
 
@@ -209,11 +246,16 @@ def _two_time(
     had not reached by then is NaN (invalid), not +inf (censored), as for the learning times.
     """
     step = trajectory["step"].values
-    theta = trajectory["theta"].where(alive)
-    pair = two_time_observables(theta, tau_w, config.overlap_f, groups=trajectory["group"])
+    theta = theta.where(alive)
+    pair = two_time_observables(theta, tau_w, config.overlap_f, groups=theta["group"])
     lags = step[(step > 0) & (step <= step[-1] - tau_w[0])]
     out = {name: pair[name] for name in pair.data_vars}
-    out |= {f"{v}_lag": on_lag_grid(pair[v], lags, log_values=log) for v, log in LAG_INTERP.items()}
+    out["theta_sq_mean"] = np.square(theta).mean("param")
+    at_tau_w = out["theta_sq_mean"].isel(time=np.searchsorted(step, tau_w)).rename(time="tau_w")
+    out["msd_normalised"] = (
+        pair["msd"] / at_tau_w.drop_vars(["time", "step"], errors="ignore").values[..., None]
+    )
+    out |= {f"{v}_lag": on_lag_grid(out[v], lags, log_values=log) for v, log in LAG_INTERP.items()}
     for name, fraction in RELAXATION.items():
         tau = relaxation_time(pair["overlap"], fraction)
         out[name] = tau.where(np.isfinite(tau)) if trajectory.attrs["status"] == "diverged" else tau
@@ -255,13 +297,14 @@ def run_observables(
     tau_w = snap_to_grid(config.tau_w, step.values)
     if tau_w.size == 0:
         raise ParamsError(f"params.yaml: observables.tau_w: all beyond step {int(step[-1])}")
-    labels, counts = np.unique(trajectory["group"].values, return_counts=True)
+    theta = function_parameters(trajectory)
+    labels, counts = np.unique(theta["group"].values, return_counts=True)
     run = {d: trajectory[d].values for d in RUN_DIMS}
     ds = xr.Dataset(
         {
             **{v: trajectory[v] for v in ("loss", "heldout_loss", "clip_fraction")},
             **_learning_times(trajectory, alive, config),
-            **_two_time(trajectory, alive, tau_w, config),
+            **_two_time(trajectory, theta, alive, tau_w, config),
             "n_parameters_group": xr.DataArray(counts, {"group": labels}, "group").expand_dims(run),
             "n_parameters": xr.DataArray(int(attrs["n_parameters"])).expand_dims(run),
             "diverged": xr.DataArray(attrs["status"] == "diverged").expand_dims(run),

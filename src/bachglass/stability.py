@@ -1,0 +1,270 @@
+"""Stability scan: unclipped constant-η minibatch SGD over a grid of learning rates and batch sizes.
+
+Deep tanh RNNs trained with a large constant step do not fail at once: the Hessian's top eigenvalue
+λ_max grows as they learn (progressive sharpening) until it passes 2/η, and then, after 10³ to 10⁴
+steps, the loss jumps back up or becomes NaN. The scan trains each cell (depth, width, η, B) without
+any clipping for as long as the study's own runs and records, per run:
+
+- whether and when it diverged: the loss became NaN, or the full training-set loss went back above
+  its value at initialisation (checked at every checkpoint);
+- the share of steps whose (minibatch) gradient norm exceeded ``safety_norm``: the steps a safety
+  clip at that norm would have touched;
+- λ_max at log-spaced checkpoints, to compare with 2/η.
+
+All learning rates and seeds of one (depth, width, B) train as one batched ensemble
+(:class:`~bachglass.ensemble.EnsembleEngine`): each member its own θ, η, minibatch order and
+divergence. The update θ ← θ − η_m g is the one of :meth:`bachglass.train.Ensemble.update` without a
+clip, with η per member.
+"""
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from bachglass import io, model, probes, train
+from bachglass.errors import ParamsError
+
+log = logging.getLogger(__name__)
+
+MODULES = ("model", "ensemble", "train", "probes", "stability")  # code whose hash goes into the provenance
+F64 = torch.float64
+VARIABLES = {  # name: (dims, long_name, units)
+    "loss": (("time",), "training cross-entropy (full training set)", "nat per note"),
+    "grad_norm_max": (("time",), "largest minibatch gradient norm since the previous checkpoint", "1"),
+    "over_fraction": (
+        ("time",),
+        "fraction of the steps since the previous checkpoint with norm > safety_norm",
+        "1",
+    ),
+    "sharpness": (
+        ("time",),
+        "top eigenvalue of the training loss's Hessian (NaN: not measured)",
+        "nat per note",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """The ``stability`` section of params.yaml (see the comments there)."""
+
+    depth: list[int]
+    width: list[int]
+    seed: list[int]
+    lr: list[float]
+    batch_size: list[int]
+    steps: int
+    safety_norm: float
+    checkpoints_per_decade: int
+    sharpness_per_decade: int
+    power_iterations: int
+
+
+def scan_cell(
+    encoded: xr.Dataset,
+    depth: int,
+    width: int,
+    batch_size: int,
+    config: ScanConfig,
+    train_config: train.TrainConfig,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Train every (η, seed) of one (depth, width, B) unclipped; dims (lr, seed, time).
+
+    ``train_config`` gives cell, dtype and device (its lr, batch size, steps and clip are the scan's).
+    """
+    if not batch_size >= 1:
+        raise ParamsError(f"stability.batch_size: {batch_size} must be at least 1")
+    cfg = train.TrainConfig(
+        **{
+            **asdict(train_config),
+            "lr": 1.0,
+            "batch_size": batch_size,
+            "steps": config.steps,
+            "clip_norm": None,
+            "temperature": 0.0,
+            "checkpoints_per_decade": config.checkpoints_per_decade,
+        }
+    )
+    device, dtype = train._resolve(cfg)
+    layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
+    train_set, heldout = model.encode_splits(encoded, layout, dtype, device)
+    data = train.Data(train_set, heldout, layout)
+    if batch_size > data.train.n_chorales:
+        raise ParamsError(
+            f"stability.batch_size: {batch_size} is more than the {data.train.n_chorales} training chorales"
+        )
+    specs = model.param_specs(cfg.cell, depth, width, layout.vocab_sizes)
+    cells = [(lr, seed) for lr in config.lr for seed in config.seed]
+    thetas = torch.stack([model.init_theta(specs, width, seed, dtype, device) for _, seed in cells])
+    seeds = [seed for _, seed in cells]
+    # each member its own minibatch stream, seeded by its seed: the same order at every η
+    ens = train.Ensemble(
+        train.make_engine(cfg.cell, depth, width, layout, thetas), data, cfg, list(range(len(cells)))
+    )
+    for member, seed in zip(ens.members, seeds, strict=True):
+        member.rng = np.random.default_rng(seed)
+    lrs = torch.tensor([lr for lr, _ in cells], dtype=dtype, device=device).unsqueeze(1)
+    grid = train.checkpoint_steps(config.steps, config.checkpoints_per_decade)
+    probed = set(probes.sharpness_steps(grid, config.sharpness_per_decade).tolist())
+    n = len(cells)
+    out = {name: np.full((n, len(grid)), np.nan) for name in VARIABLES}
+    snapshots: dict[int, torch.Tensor] = {}
+    norm_max, over = thetas.new_zeros(n), thetas.new_zeros(n)
+    last, k = 0, 0
+    start = time.perf_counter()
+    for step in range(config.steps + 1):
+        if step == grid[k]:
+            ens.flush()
+            losses = ens.engine.loss(data.full)
+            alive = ens.active > 0
+            out["loss"][:, k] = torch.where(alive, losses, torch.nan).cpu().numpy()
+            since = max(step - last, 1)
+            out["grad_norm_max"][:, k] = torch.where(alive, norm_max, torch.nan).cpu().numpy()
+            out["over_fraction"][:, k] = torch.where(alive, over / since, torch.nan).cpu().numpy()
+            if step in probed:
+                snapshots[k] = torch.where(alive.unsqueeze(1), ens.engine.theta, torch.nan).clone()
+            norm_max.zero_(), over.zero_()
+            last, k = step, k + 1
+        if step == config.steps:
+            break
+        losses, grad = ens.engine.loss_grad(ens.next_batch())
+        ens.watch(losses, step)
+        norm = torch.linalg.vector_norm(grad, dim=1)
+        norm_max = torch.maximum(norm_max, torch.nan_to_num(norm, nan=math.inf))
+        over.add_(norm > config.safety_norm)
+        if ens.n_stopped:
+            grad.masked_fill_(ens.active.unsqueeze(1) == 0, 0.0)
+        ens.engine.theta.sub_(grad * lrs)
+        if progress and step % 1000 == 0:
+            log.info("d%d_w%d B=%d: step %d", depth, width, batch_size, step)
+    seconds = time.perf_counter() - start
+    log.info(
+        "d%d_w%d B=%d: %d steps x %d runs in %.1f s (%.0f model-steps/s)",
+        *(depth, width, batch_size, config.steps, n, seconds, config.steps * n / seconds),
+    )
+    _sharpness(out["sharpness"], snapshots, cfg.cell, depth, width, layout, encoded, config, device)
+    diverged = np.array([m.diverged_step for m in ens.members])
+    return _dataset(out, grid, cells, config, depth, width, batch_size, diverged, ens, specs)
+
+
+def _sharpness(
+    values: np.ndarray,
+    snapshots: dict[int, torch.Tensor],
+    cell: str,
+    depth: int,
+    width: int,
+    layout: model.HeadLayout,
+    encoded: xr.Dataset,
+    config: ScanConfig,
+    device: torch.device,
+) -> None:
+    """Fill ``values`` (run, time) with λ_max of the full training loss at the snapshot checkpoints."""
+    net = probes.Net(cell, depth, width, layout.vocab_sizes)
+    train_set, _ = model.encode_splits(encoded, layout, F64, device)
+    for k, theta in snapshots.items():
+        values[:, k] = probes.sharpness(net, theta.to(F64), train_set, config.power_iterations).cpu().numpy()
+
+
+def _dataset(
+    out: dict[str, np.ndarray],
+    grid: np.ndarray,
+    cells: list[tuple[float, int]],
+    config: ScanConfig,
+    depth: int,
+    width: int,
+    batch_size: int,
+    nan_step: np.ndarray,
+    ens: train.Ensemble,
+    specs: list[model.ParamSpec],
+) -> xr.Dataset:
+    """Label the scan of one (depth, width, B) as (depth, width, batch_size, lr, seed, time) variables."""
+    n_lr, n_seed = len(config.lr), len(config.seed)
+    shape = (1, 1, 1, n_lr, n_seed)
+    data = {}
+    for name, (dims, long_name, units) in VARIABLES.items():
+        values = out[name].reshape(n_lr, n_seed, len(grid))[None, None, None]
+        data[name] = (
+            ("depth", "width", "batch_size", "lr", "seed", *dims),
+            values,
+            {"long_name": long_name, "units": units},
+        )
+    loss = out["loss"].reshape(n_lr, n_seed, len(grid))
+    above = np.where(loss > loss[..., :1], grid, np.iinfo(np.int64).max).min(-1)  # back above its start
+    nan_step = np.where(
+        nan_step.reshape(n_lr, n_seed) >= 0, nan_step.reshape(n_lr, n_seed), np.iinfo(np.int64).max
+    )
+    step = np.minimum(above, nan_step)
+    diverged_step = np.where(step < np.iinfo(np.int64).max, step, -1)
+    data["diverged_step"] = (
+        ("depth", "width", "batch_size", "lr", "seed"),
+        diverged_step.reshape(shape),
+        {
+            "long_name": "first step with a NaN loss or a training loss above the initial one (-1: none)",
+            "units": "SGD steps",
+        },
+    )
+    coords = {
+        "depth": [depth],
+        "width": [width],
+        "batch_size": ("batch_size", [batch_size], {"long_name": "chorales per SGD step"}),
+        "lr": ("lr", list(config.lr), {"long_name": "SGD learning rate η"}),
+        "seed": list(config.seed),
+        "step": ("time", grid, {"units": "SGD steps", "long_name": "SGD step"}),
+    }
+    attrs = {
+        "cell": ens.config.cell,
+        "n_train": int(ens.n_train),
+        "n_parameters": int(sum(s.size for s in specs)),
+        "safety_norm": float(config.safety_norm),
+        "power_iterations": int(config.power_iterations),
+        "steps": int(config.steps),
+    }
+    params = {"stability": asdict(config), "depth": depth, "width": width, "batch_size": batch_size}
+    return xr.Dataset(data, coords, attrs | io.provenance(params, MODULES))
+
+
+def summary(scan: xr.Dataset) -> xr.Dataset:
+    """Per cell (depth, width, batch_size, lr): divergences, first one, share of unsafe steps, λ_max·η/2.
+
+    ``over_share`` counts the steps before a run's divergence; ``sharpness_ratio`` is the largest
+    λ_max η / 2 measured before it (> 1: beyond the edge of stability).
+    """
+    steps = scan["step"]
+    alive = (scan["diverged_step"] < 0) | (steps < scan["diverged_step"])
+    interval = xr.DataArray(np.diff(steps.values, prepend=0), dims="time")  # steps each record covers
+    over_steps = (scan["over_fraction"] * interval).where(alive).sum("time")
+    run_steps = interval.where(alive).sum("time")
+    ratio = (scan["sharpness"] * scan["lr"] / 2).where(alive).max("time")
+    diverged = scan["diverged_step"] >= 0
+    final = scan["loss"].where(alive).isel(time=-1)
+    return xr.Dataset(
+        {
+            "n_diverged": diverged.sum("seed").assign_attrs(long_name="runs that diverged"),
+            "first_divergence": scan["diverged_step"]
+            .where(diverged)
+            .min("seed")
+            .assign_attrs(
+                long_name="earliest divergence step among the seeds (NaN: none)", units="SGD steps"
+            ),
+            "over_share": (over_steps.sum("seed") / run_steps.sum("seed")).assign_attrs(
+                long_name="share of steps with gradient norm > safety_norm (before divergence)", units="1"
+            ),
+            "grad_norm_max": scan["grad_norm_max"]
+            .where(alive)
+            .max(("time", "seed"))
+            .assign_attrs(long_name="largest gradient norm before divergence", units="1"),
+            "sharpness_ratio": ratio.max("seed").assign_attrs(
+                long_name="largest λ_max·η/2 before divergence (> 1: beyond 2/η)", units="1"
+            ),
+            "final_loss": final.median("seed").assign_attrs(
+                long_name="median final training loss of the runs that did not diverge", units="nat per note"
+            ),
+        },
+        attrs={"n_seeds": int(scan.sizes["seed"]), "safety_norm": scan.attrs["safety_norm"]},
+    )
