@@ -20,6 +20,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/observables.smk"
 include: "workflow/rules/aging.smk"
 include: "workflow/rules/langevin.smk"
+include: "workflow/rules/stability.smk"
+include: "workflow/rules/sgd_floor.smk"
 include: "workflow/rules/analysis.smk"
 
 

@@ -17,7 +17,6 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import torch
-import xarray as xr
 import yaml
 
 from bachglass import io, stability, train
@@ -31,9 +30,9 @@ def run_one(job: tuple[Path, dict, stability.ScanConfig, int, int, int]) -> Path
         torch.set_num_threads(1)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         encoded = io.read_netcdf(params["encoded"], required=train.ENCODED_VARIABLES)
-        tc = train.TrainConfig(**{**params["train"], "device": "cpu"})
         start = time.perf_counter()
-        ds = stability.scan_cell(encoded, depth, width, batch, config, tc)
+        cell, dtype = params["train"]["cell"], params["train"]["dtype"]
+        ds = stability.scan_cell(encoded, depth, width, batch, config, cell, dtype, "cpu")
         ds.attrs["seconds"] = time.perf_counter() - start
         io.write_netcdf(ds, path)
     return path
@@ -76,11 +75,10 @@ def main() -> None:
     ]
     with Pool(args.jobs) as pool:
         paths = pool.map(run_one, jobs, chunksize=1)
-    scan = xr.combine_by_coords([io.read_netcdf(p) for p in paths], combine_attrs="drop_conflicts")
+    scan = stability.combine([io.read_netcdf(p) for p in paths])
     io.write_netcdf(scan, args.out / "stability.nc")
-    table = stability.summary(scan).to_dataframe().reset_index()
-    text = table.to_markdown(index=False, floatfmt=".3g")
-    io.write_text(text + "\n", args.out / "stability.md")
+    text = stability.table(scan)
+    io.write_text(text, args.out / "stability.md")
     print(text)
 
 

@@ -51,8 +51,13 @@ def fits(**overrides: object) -> xr.Dataset:
             "S_short": (net, np.full(phase.shape, 0.05)),
             "S_long": (net, np.where(phase == OVER, 0.3, 0.05)),
             "t_star": (run, np.where((phase == OVER)[..., None], 2e4, np.inf) * np.ones(shape)),
+            # the restart test: the floor at eta, eta/2, eta/4 drops and is reached later
+            "sgd_floor_measured": ("setting", [0.02, 0.015]),
+            "floor_time": (("setting", "seed"), np.full((2, len(SEEDS)), 1e4)),
+            "restart_floor": ("restart", [0.012, 0.008]),
+            "restart_floor_time": (("restart", "seed"), np.full((2, len(SEEDS)), 5e4)),
         },
-        coords=coords,
+        coords=coords | {"restart": [0.5, 0.25]},
         attrs={"ci": 0.95, "steps": 40000},
     )
     for name, value in overrides.items():
@@ -62,8 +67,8 @@ def fits(**overrides: object) -> xr.Dataset:
 
 def test_fits_that_show_every_claim_pass_every_check():
     results = checks.run_checks(fits())
-    assert [c.number for c in results] == [1, 2, 3, 4, 5, 6, 7]
-    assert [c.verdict for c in results] == ["PASS"] * 7
+    assert [c.number for c in results] == [1, 2, 3, 4, 5, 6, 7, 7]  # 7: the collapse, the restart test
+    assert [c.verdict for c in results] == ["PASS"] * 8
 
 
 @pytest.mark.parametrize(
@@ -79,6 +84,8 @@ def test_fits_that_show_every_claim_pass_every_check():
         (5, {"w_c_star": 13.0, "w_c_star_boot": 13.0}),  # no depth dependence
         (6, {"mu_lo": 0.3, "mu_hi": 0.5}),  # sub-aging, not simple aging
         (7, {"S_long": 0.05}),  # the collapse does not fail at long times
+        (7, {"restart_floor": [0.02, 0.02]}),  # a smaller eta does not lower the floor
+        (7, {"restart_floor_time": 5e3}),  # the floor is reached no later after the restart
     ],
 )
 def test_a_claim_that_does_not_show_fails_its_check_and_only_that(number, override):
@@ -89,7 +96,7 @@ def test_a_claim_that_does_not_show_fails_its_check_and_only_that(number, overri
 
 def test_table_prints_the_numbers_and_the_verdicts():
     text = checks.table(checks.run_checks(fits(fit_rms=0.2)))
-    assert text.count("\n") == 9  # header, rule, 7 checks
+    assert text.count("\n") == 10  # header, rule, 8 checks (7 in two parts)
     assert "**FAIL**" in text and "**PASS**" in text
     assert "w_c*: d1 17.0, d2 15.0, d3 13.0" in text
 
@@ -104,3 +111,11 @@ def test_aging_checks_judge_the_aging_subset_when_there_is_one():
     ds = xr.merge([ds, renamed.assign(aging_steps=xr.DataArray(200000))])
     six = checks.aging_under(ds)
     assert not six.passed and "aging subset, 200000 steps" in six.measured
+
+
+def test_aging_check_reports_the_normalised_mu_beside_the_raw_one_without_judging_it():
+    ds = fits()
+    ds = ds.assign(mu_norm=ds["mu"] * 0 + 0.4, mu_lo_norm=ds["mu"] * 0 + 0.3, mu_hi_norm=ds["mu"] * 0 + 0.5)
+    six = checks.aging_under(ds)
+    assert six.passed  # judged on Delta as it is
+    assert "Delta/(|theta|^2/N): mu 0.40-0.40, 1 in the interval for 0/6" in six.measured

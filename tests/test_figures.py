@@ -36,6 +36,8 @@ NAMES = [
     "accuracy",
     "generalisation_phases",
     "langevin_tts",
+    "stability",
+    "sgd_floor_scaling",
 ]
 FIT_DASHES = (0, (4, 2))
 PHASES = phases.PhasesConfig(train_accuracy=0.9, heldout_fraction=0.9, grokking_gap=1000)

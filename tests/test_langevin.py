@@ -86,10 +86,11 @@ def test_each_run_has_its_own_noise_stream_apart_from_its_init_stream():
 
 
 def test_at_zero_temperature_nothing_is_drawn_and_the_trajectory_is_plain_sgd(encoded, monkeypatch):
-    def plain_update(self, grad):  # Ensemble.update as it was before Langevin
+    def plain_update(self, grad):  # Ensemble.update as it was before Langevin (gradient norm logged)
         clip = self.config.clip_norm
+        norm = torch.linalg.vector_norm(grad, dim=1)
+        torch.fmax(self.grad_max, norm, out=self.grad_max)
         if clip is not None:
-            norm = torch.linalg.vector_norm(grad, dim=1)
             self.clipped.add_(norm > clip)
             grad.mul_((clip / norm).clamp_(max=1.0).unsqueeze(1))
         if self.n_stopped:

@@ -75,12 +75,13 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     remote.dvc(["pull", "--quiet"], clone)
     assert run(["dvc", "status", "--quiet"], clone, check=False).returncode == 0
     tracked = sorted(p.relative_to(origin) for p in (origin / "results").rglob("*.nc"))
-    # encoded; trajectory, observables per run (grid, aging, Langevin); study, aging, langevin, fits
-    assert len(tracked) == 1 + 2 * (4 + 2 + 2) + 4
+    # encoded; trajectory, observables per run (grid, aging, Langevin); study, aging, langevin, fits;
+    # stability scan cells (1 width x 2 batch sizes) and stability.nc; floor runs (2 settings, 1 restart)
+    assert len(tracked) == 1 + 2 * (4 + 2 + 2) + 4 + (2 + 1) + 3
     for rel in tracked:
         assert (clone / rel).read_bytes() == (origin / rel).read_bytes(), rel
 
-    edit_params(clone, {"train": {"lr": 0.1}})
+    edit_params(clone, {"train": {"lr": 0.07}})  # the default is 0.1
     stale = set(json.loads(run(["dvc", "status", "--json"], clone).stdout))
     assert stale == TINY_TRAIN_STAGES, stale  # DVC lists the stages whose own params changed
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], clone).stdout)
@@ -109,7 +110,7 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     for rel in tracked:
         if "trajectory" in str(rel):
             with xr.open_dataset(clone / rel) as ds:
-                assert ds.attrs["lr"] == 0.1, rel
+                assert ds.attrs["lr"] == 0.07, rel
         same = (clone / rel).read_bytes() == (origin / rel).read_bytes()
         assert same == (rel.name == "encoded.nc"), rel  # only the encoding is upstream of train
     assert run(["dvc", "status", "--quiet"], clone, check=False).returncode == 0

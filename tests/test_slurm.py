@@ -31,6 +31,8 @@ TEST_SIZES = {
     "train_run": {"mem_mb": 1100, "runtime": 7},
     "train_aging_run": {"mem_mb": 1200, "runtime": 9},
     "train_langevin_run": {"mem_mb": 1300, "runtime": 8},
+    "train_floor": {"mem_mb": 1400, "runtime": 6},
+    "restart_floor": {"mem_mb": 1500, "runtime": 5},
 }
 TEST_SETTINGS = {"jobs": 4, "latency-wait": 5, "retries": 0, "slurm-init-seconds-before-status-checks": 2}
 
@@ -48,19 +50,26 @@ def test_the_slurm_profile_gives_every_training_job_a_gpu(tmp_path):
     repo = copy_project(tmp_path)
     out = run(["snakemake", "-n", "--profile", "slurm", "--forceall"], repo).stdout
     jobs = re.findall(r"^rule (\w+):\n(?:\s+.*\n)*?\s+resources: (.*)$", out, re.M)
-    trained = {rule for rule, _ in jobs if rule.startswith("train")}
-    # tiny: one seed; the aging pair is one pack; one Langevin rule per temperature
+    trained = {rule for rule, _ in jobs if rule.startswith("train") or rule == "restart_floor"}
+    # tiny: one seed; the aging pair is one pack; one Langevin rule per temperature; the floor runs
     langevin = {"train_langevin_run_T0p001_s0", "train_langevin_run_T0p1_s0"}
-    assert trained == {"train_run_s0", "train_aging_run_s0_1", *langevin}
+    assert trained == {"train_run_s0", "train_aging_run_s0_1", *langevin, "train_floor", "restart_floor"}
     for rule, resources in jobs:
         res = dict(item.split("=", 1) for item in resources.split(", "))
-        family = re.sub(r"_T\w+$", "", rule.rsplit("_s", 1)[0]) if rule.startswith("train") else None
+        family = gpu_family(rule)
         if family:
             wanted = profile("slurm")["set-resources"][family]
             assert res["gpu"] == "1" and res["slurm_partition"] == wanted["slurm_partition"], rule
             assert res["runtime"] == str(wanted["runtime"]), rule
         else:
             assert "gpu" not in res, rule
+
+
+def gpu_family(rule: str) -> str | None:
+    """The profile family of a training rule (train_run_s0_1_2 -> train_run), None for other rules."""
+    if rule in ("train_floor", "restart_floor"):
+        return rule
+    return re.sub(r"_T\w+$", "", rule.rsplit("_s", 1)[0]) if rule.startswith("train_") else None
 
 
 def test_settings_for_one_pack_add_to_its_familys(tmp_path):
@@ -137,8 +146,9 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     repo, log = cluster_study
     jobs = slurm_jobs(repo)
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    # every job but `all` and publish_data (the Langevin sweep: 2 training, 2 extraction, 1 combine)
-    assert sorted(jobs) == sorted(submitted) and len(jobs) == 24
+    # every job but `all` and publish_data (the Langevin sweep: 2 training, 2 extraction, 1 combine; the
+    # stability scan: 2 cells, 1 combine; the floor: 2 settings, 1 restart)
+    assert sorted(jobs) == sorted(submitted) and len(jobs) == 30
     records = accounting(list(jobs))
     assert {r["State"] for r in records.values()} == {"COMPLETED"}, records
     # every result file was written by exactly one SLURM job (the job id is kept out of the NetCDF attrs,
@@ -147,7 +157,7 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     # a data step's job writes to a staging folder; publish_data (a localrule) moves the files into place
     made_by = [re.sub(r"^results/data/\.staging/[^/]+/", "results/data/", path) for path in made_by]
     results = sorted(str(p.relative_to(repo)) for p in (repo / "results").rglob("*.nc"))
-    assert len(results) == 21 and all(made_by.count(path) == 1 for path in results), (results, made_by)
+    assert len(results) == 27 and all(made_by.count(path) == 1 for path in results), (results, made_by)
     fields = "JobID:6,Comment:44,State:11,TimeUsed:8,NodeList:6,tres-alloc:50"
     pretty = subprocess.run(["squeue", "-t", "all", "-O", fields], capture_output=True, text=True).stdout
     print(pretty)  # the evidence, for the record (pytest -s)
@@ -159,13 +169,16 @@ def test_training_jobs_got_their_gpu_and_sizes_from_the_profile(cluster_study):
     repo, _ = cluster_study
     jobs = slurm_jobs(repo)
     records = accounting(list(jobs))
-    training = {job_id: job["rule"] for job_id, job in jobs.items() if job["rule"].startswith("train")}
+    training = {job_id: job["rule"] for job_id, job in jobs.items() if gpu_family(job["rule"])}
     langevin = ["train_langevin_run_T0p001_s0", "train_langevin_run_T0p1_s0"]
-    assert sorted(training.values()) == sorted(["train_aging_run_s0_1", *langevin, *["train_run_s0"] * 4])
+    floor = ["train_floor", "train_floor", "restart_floor"]
+    assert sorted(training.values()) == sorted(
+        ["train_aging_run_s0_1", *langevin, *["train_run_s0"] * 4, *floor]
+    )
     for job_id, record in records.items():
         assert ("gres/gpu=1" in record["AllocTRES"]) == (job_id in training), record
     for job_id, rule in training.items():
-        sizes = TEST_SIZES[re.sub(r"_T\w+$", "", rule.rsplit("_s", 1)[0])]
+        sizes = TEST_SIZES[gpu_family(rule)]
         assert records[job_id]["ReqMem"] == f"{sizes['mem_mb']}M", (rule, records[job_id])
         assert records[job_id]["Timelimit"] == f"00:{sizes['runtime']:02d}:00", (rule, records[job_id])
 
@@ -175,7 +188,7 @@ def test_training_jobs_got_their_gpu_and_sizes_from_the_profile(cluster_study):
 def test_cluster_results_equal_a_local_runs(cluster_study, tiny_study):
     repo, _ = cluster_study
     results = sorted(p.relative_to(tiny_study) for p in (tiny_study / "results").rglob("*.nc"))
-    assert len(results) == 21
+    assert len(results) == 27
     for rel in results:
         assert (repo / rel).read_bytes() == (tiny_study / rel).read_bytes(), rel
 

@@ -72,7 +72,7 @@ def test_trajectory_has_the_contract_layout(encoded):
     assert ds.attrs["status"] == "completed" and ds.attrs["diverged_step"] == -1
     assert ds.attrs["batch_size"] == 6 and ds.attrs["device"] == "cpu"
     assert np.isfinite(ds.heldout_loss).all()
-    for name in ("loss", "heldout_loss", "theta", "clip_fraction"):
+    for name in ("loss", "heldout_loss", "theta", "clip_fraction", "grad_norm_max"):
         assert {"units", "long_name"} <= set(ds[name].attrs)
 
 
@@ -167,6 +167,22 @@ def test_clip_fraction_counts_clipped_steps(encoded):
     never = run(encoded, clip_norm=None, steps=20).clip_fraction.values.ravel()
     assert always[0] == 0 and np.all(always[1:] == 1)
     assert np.all(never == 0)
+
+
+def test_gradient_norm_is_logged_with_or_without_a_clip_and_a_clip_acts_exactly_above_it(encoded):
+    clip = 0.1  # the norms fall from 0.15 to 0.07 over these 40 steps
+    clipped = run(encoded, clip_norm=clip, steps=40)
+    free = run(encoded, clip_norm=None, steps=40)
+    norm, fraction = clipped.grad_norm_max.values.ravel(), clipped.clip_fraction.values.ravel()
+    assert np.isnan(norm[0]) and np.isnan(free.grad_norm_max.values.ravel()[0])  # no step before step 0
+    assert (
+        ((fraction[1:] > 0) == (norm[1:] > clip)).all() and (fraction > 0).any() and (fraction[1:] < 1).any()
+    )
+    # the first step's gradient (the same θ_0 and batch) is what both logged, clip or not
+    assert norm[1] == free.grad_norm_max.values.ravel()[1]
+    # the norm is that of the full gradient: one full-batch step from θ_0 moves θ by lr·norm when unclipped
+    step = np.linalg.norm(free.theta.values[0, 0, 0, 1].astype(float) - free.theta.values[0, 0, 0, 0])
+    assert step == pytest.approx(0.5 * norm[1], rel=1e-5)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

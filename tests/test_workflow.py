@@ -11,7 +11,7 @@ import xarray as xr
 import yaml
 from workflow_helpers import ROOT, TINY_TRAIN_STAGES, copy_project, edit_params, run
 
-from bachglass import adaptive, figures
+from bachglass import adaptive, figures, sgd_floor
 
 pytestmark = pytest.mark.slow
 SMK = ["snakemake", "--cores", "2"]
@@ -77,7 +77,13 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
         for f in built:
             rule_of_target[f] = name
             # a combine stage depends on its runs' folder (results/runs, results/aging, ...) as a whole
-            runs = ("results/runs/", "results/aging/", "results/langevin/")
+            runs = (
+                "results/runs/",
+                "results/aging/",
+                "results/langevin/",
+                "results/stability/",
+                "results/sgd_floor/",
+            )
             deps = {i for i in jobs[f]["inputs"] if not i.startswith(runs)}
             assert deps <= stage["deps"], f"{name}: Snakemake inputs {deps - stage['deps']} not in deps"
     assert set(rule_of_target) == set(jobs), f"not built by any stage: {set(jobs) - set(rule_of_target)}"
@@ -96,7 +102,13 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
         "train_langevin": {"train", "langevin.steps"},
         "langevin_observables": {"observables", "probes", "langevin.tau_w"},
         "langevin_study": {"langevin.depth", "langevin.width", "langevin.seed", "langevin.temperature"},
-        "fits": {"fits", "observables", "phases"},
+        "stability": {"stability", "train.cell", "train.dtype", "train.device"},
+        **{
+            stage: {"sgd_floor", *(f"train.{k}" for k in sgd_floor.TRAIN_KEYS)}
+            for stage in ("train_floor", "restart_floor")
+        },
+        "stability_study": {"stability.depth", "stability.width", "stability.batch_size"},
+        "fits": {"fits", "observables", "phases", "sgd_floor"},
         "propose_widths": {"grid", "adaptive"},
         "check": set(),
         "figures": {"figures"},
@@ -109,7 +121,9 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
         "train": {"train", "grid", "aging", "langevin"},
         "observables": {"observables", "probes", "grid"},
         "langevin": {"probes"},
-        "analysis": {"fits", "observables", "phases", "grid", "adaptive", "figures"},
+        "analysis": {"fits", "observables", "phases", "grid", "adaptive", "figures", "sgd_floor"},
+        "sgd_floor": {"sgd_floor", "train"},
+        "stability": {"stability", "train"},
     }.items():
         text = (ROOT / f"workflow/rules/{rule_file}.smk").read_text()
         assert set(re.findall(r'config\["(\w+)"\]', text)) == sections, rule_file
@@ -186,7 +200,7 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     assert re.findall(r"Running stage '([^']+)'", log) == ["figures"]
     assert traj.read_bytes() == before
 
-    edit_params(repo, {"train": {"lr": 0.1}})
+    edit_params(repo, {"train": {"lr": 0.07}})  # the default is 0.1
     status = run(["dvc", "status", "--json"], repo).stdout
     stale = set(yaml.safe_load(status))  # DVC lists the stages whose own deps/params changed
     assert stale == TINY_TRAIN_STAGES, stale  # (the re-run itself: tests/test_remotes.py, after a pull)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from bachglass.figures_aging import aging_collapse, aging_msd
 from bachglass.figures_glass import accuracy, generalisation_phases, langevin_tts, sharpness, two_time
 from bachglass.figures_loss import loss_curves, power_laws, sgd_floor
+from bachglass.figures_sgd import sgd_floor_scaling, stability
 from bachglass.figures_transition import (
     critical_widths,
     inverse_learning_times,
@@ -25,7 +26,8 @@ from bachglass.figures_transition import (
 from bachglass.fits import aging_view
 
 # The figure set drawn by the plot_figures rule, in paper-spec 1.8 order, then those of the observables
-# beyond the paper: file stem -> drawing function of (study, fits) (langevin_tts: of the sweep).
+# beyond the paper: file stem -> drawing function of (study, fits) (langevin_tts: of the sweep;
+# stability: of the stability scan).
 FIGURES: dict[str, Callable[..., Figure]] = {
     "loss_curves": loss_curves,
     "power_laws": power_laws,
@@ -41,6 +43,8 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "accuracy": accuracy,
     "generalisation_phases": generalisation_phases,
     "langevin_tts": langevin_tts,
+    "stability": stability,
+    "sgd_floor_scaling": sgd_floor_scaling,
 }
 AGING_FIGURES = ("aging_msd", "aging_collapse", "two_time")
 
@@ -50,12 +54,15 @@ def draw_all(
     fits: xr.Dataset,
     aging: xr.Dataset | None = None,
     langevin: xr.Dataset | None = None,
+    scan: xr.Dataset | None = None,
 ) -> Iterator[tuple[str, Figure]]:
     """Draw every figure of ``FIGURES``; the aging ones from the aging subset's longer runs if any."""
     view = aging_view(fits) if aging is not None else None
     for name, draw in FIGURES.items():
         if name == "langevin_tts":
             yield name, draw(langevin)
+        elif name == "stability":
+            yield name, draw(scan)
         elif name in AGING_FIGURES and view is not None:
             yield name, draw(aging, view)
         else:

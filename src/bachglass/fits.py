@@ -174,7 +174,8 @@ ATTRS = {  # name: (long_name, units)
     "alpha_windows": ("alpha for each fit window", "1"),
     "L_inf_windows": ("L_inf for each fit window", NATS),
     "alpha_window_spread": ("max - min of alpha over the fit windows", "1"),
-    "sgd_floor": ("loss floor of the widest nets: median fitted L_inf", NATS),
+    "grad_norm_peak": ("largest gradient norm of the run (before any clip)", "1"),
+    "sgd_floor": ("SGD floor: measured at the study's (lr, batch size), else the widest nets' L_inf", NATS),
     "floor_ref": ("max(data floor, SGD floor)", NATS),
     "phase": ("phase from L_inf: 1 under-, 0 over-parametrized, -1 undetermined", "1"),
     "w_under_max": ("widest under-parametrized width", "1"),
@@ -197,7 +198,11 @@ ATTRS = {  # name: (long_name, units)
 
 
 def fit_study(
-    study: xr.Dataset, config: FitsConfig, smoothing_decades: float, aging: xr.Dataset | None = None
+    study: xr.Dataset,
+    config: FitsConfig,
+    smoothing_decades: float,
+    aging: xr.Dataset | None = None,
+    measured_floor: float | None = None,
 ) -> xr.Dataset:
     """Every fit of the study (the ``fits.nc`` layout; see README "How to read the results").
 
@@ -205,6 +210,8 @@ def fit_study(
     rest: a threshold ε closer to them than ``floor_factor`` is not used for learning times, and
     the phase of a net is judged against them. ``aging``, the longer runs of the aging subset, adds
     ``aging_*`` variables on their own ``aging_depth``, ``aging_width`` (``aging_seed``) dims.
+    ``measured_floor``, the SGD floor measured at the study's own (η, B) (:mod:`bachglass.sgd_floor`),
+    is the floor reference at every depth when given; without it the widest nets' asymptote is.
     """
     diverged = study["diverged"].astype(bool)
     smooth = smoothed_loss(study["loss"].where(~diverged), smoothing_decades)
@@ -212,6 +219,8 @@ def fit_study(
     windows = power_laws(smooth, config.window_start, config.ci, data_floor)
     reported = windows.isel(window=0, drop=True)
     sgd = sgd_floor(reported["L_inf"])
+    if measured_floor is not None and np.isfinite(measured_floor):
+        sgd = xr.full_like(sgd, measured_floor)
     floor_ref = np.fmax(sgd, data_floor)  # NaN SGD floor (widest nets all diverged): the data floor
     phase = classify(windows, floor_ref, config.floor_factor)
     eps_valid = (data_floor + study["eps"] >= config.floor_factor * floor_ref).transpose("depth", "eps")
@@ -233,6 +242,8 @@ def fit_study(
             "diverged": diverged,
         }
     )
+    if "grad_norm_max" in study:  # logged by the trainer whether or not a clip acts
+        ds["grad_norm_peak"] = study["grad_norm_max"].max("time").where(~diverged)
     parts = [ds, critical(study, eps_valid, config), collapse_aging(study, config)]
     if aging is not None:
         parts.append(
@@ -320,10 +331,20 @@ def aging_view(fits: xr.Dataset) -> xr.Dataset | None:
 
 
 def collapse_aging(study: xr.Dataset, config: FitsConfig) -> xr.Dataset:
-    """Compute the aging collapse metrics of :func:`bachglass.aging.collapse` with this config."""
-    return collapse(
-        study["msd_lag"], study["diverged"].astype(bool), config.aging_tau_w_min, config.mu_max, config.ci
-    )
+    """Compute the aging collapse metrics of :func:`bachglass.aging.collapse` with this config.
+
+    For Δ as it is (``mu``, ``S_*``) and, where the study has it, for Δ normalised by |θ(τ_w)|²/N
+    (``mu_norm``, ``S_*_norm``): under cross-entropy the weights grow, which alone makes Δ age.
+    """
+    diverged, args = study["diverged"].astype(bool), (config.aging_tau_w_min, config.mu_max, config.ci)
+    raw = collapse(study["msd_lag"], diverged, *args)
+    if "msd_normalised_lag" not in study:
+        return raw
+    norm = collapse(study["msd_normalised_lag"], diverged, *args)
+    norm = norm.rename({name: f"{name}_norm" for name in norm.data_vars})
+    for name in norm.data_vars:
+        norm[name].attrs["long_name"] += ", of Delta normalised by |theta(tau_w)|^2/N"
+    return xr.merge([raw, norm])
 
 
 def _number(value: float) -> float | None:
@@ -354,8 +375,11 @@ def metrics(fits: xr.Dataset) -> dict:
             }
         for name, flag in (("under", UNDER), ("over", OVER)):
             sel = f.where(f["phase"] == flag)
-            for k in ("mu", "S_simple", "S_mu", "S_short", "S_long"):
-                row[f"{k}_{name}"] = _number(sel[k].median()) if sel[k].notnull().any() else None
+            for k in ("mu", "S_simple", "S_mu", "S_short", "S_long", "mu_norm"):
+                if k in sel:
+                    row[f"{k}_{name}"] = _number(sel[k].median()) if sel[k].notnull().any() else None
         row["clipped_fraction_max"] = _number(f["clipped_fraction"].max())
+        if "grad_norm_peak" in f:
+            row["grad_norm_max"] = _number(f["grad_norm_peak"].max())
         out[f"d{int(d)}"] = row
     return out

@@ -51,6 +51,7 @@ ATTRS = {
     "loss": ("training cross-entropy", NATS),
     "heldout_loss": ("held-out cross-entropy", NATS),
     "clip_fraction": ("fraction of SGD steps with clipped gradient norm", "1"),
+    "grad_norm_max": ("largest gradient norm (before any clip) since the previous checkpoint", "1"),
     "tau": ("learning time: first checkpoint with smoothed loss <= data floor + eps", STEPS),
     "tau_epoch": ("learning time: first checkpoint with smoothed loss <= data floor + eps", EPOCHS),
     "msd": ("mean-square displacement of all parameters since tau_w", "1"),
@@ -302,7 +303,11 @@ def run_observables(
     run = {d: trajectory[d].values for d in RUN_DIMS}
     ds = xr.Dataset(
         {
-            **{v: trajectory[v] for v in ("loss", "heldout_loss", "clip_fraction")},
+            **{
+                v: trajectory[v]
+                for v in ("loss", "heldout_loss", "clip_fraction", "grad_norm_max")
+                if v in trajectory
+            },
             **_learning_times(trajectory, alive, config),
             **_two_time(trajectory, theta, alive, tau_w, config),
             "n_parameters_group": xr.DataArray(counts, {"group": labels}, "group").expand_dims(run),

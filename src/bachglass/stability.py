@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 
 from bachglass import io, model, probes, train
-from bachglass.errors import ParamsError
+from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +71,27 @@ def scan_cell(
     width: int,
     batch_size: int,
     config: ScanConfig,
-    train_config: train.TrainConfig,
+    cell: str,
+    dtype: str,
+    device: str,
     progress: bool = False,
 ) -> xr.Dataset:
     """Train every (η, seed) of one (depth, width, B) unclipped; dims (lr, seed, time).
 
-    ``train_config`` gives cell, dtype and device (its lr, batch size, steps and clip are the scan's).
+    ``cell``, ``dtype`` and ``device`` are the study's (params.yaml train); the rest is the scan's.
     """
     if not batch_size >= 1:
         raise ParamsError(f"stability.batch_size: {batch_size} must be at least 1")
     cfg = train.TrainConfig(
-        **{
-            **asdict(train_config),
-            "lr": 1.0,
-            "batch_size": batch_size,
-            "steps": config.steps,
-            "clip_norm": None,
-            "temperature": 0.0,
-            "checkpoints_per_decade": config.checkpoints_per_decade,
-        }
+        cell=cell,
+        lr=1.0,  # each member's own η is applied below
+        batch_size=batch_size,
+        steps=config.steps,
+        clip_norm=None,
+        checkpoints_per_decade=config.checkpoints_per_decade,
+        resume_every=config.steps,
+        dtype=dtype,
+        device=device,
     )
     device, dtype = train._resolve(cfg)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
@@ -225,7 +227,9 @@ def _dataset(
         "power_iterations": int(config.power_iterations),
         "steps": int(config.steps),
     }
-    params = {"stability": asdict(config), "depth": depth, "width": width, "batch_size": batch_size}
+    train_params = {key: getattr(ens.config, key) for key in ("cell", "dtype", "device")}
+    params = {"stability": asdict(config), "train": train_params, "depth": depth, "width": width}
+    params["batch_size"] = batch_size
     return xr.Dataset(data, coords, attrs | io.provenance(params, MODULES))
 
 
@@ -242,7 +246,7 @@ def summary(scan: xr.Dataset) -> xr.Dataset:
     run_steps = interval.where(alive).sum("time")
     ratio = (scan["sharpness"] * scan["lr"] / 2).where(alive).max("time")
     diverged = scan["diverged_step"] >= 0
-    final = scan["loss"].where(alive).isel(time=-1)
+    final = scan["loss"].where(alive).isel(time=-1, drop=True)
     return xr.Dataset(
         {
             "n_diverged": diverged.sum("seed").assign_attrs(long_name="runs that diverged"),
@@ -255,7 +259,7 @@ def summary(scan: xr.Dataset) -> xr.Dataset:
             "over_share": (over_steps.sum("seed") / run_steps.sum("seed")).assign_attrs(
                 long_name="share of steps with gradient norm > safety_norm (before divergence)", units="1"
             ),
-            "grad_norm_max": scan["grad_norm_max"]
+            "grad_norm_peak": scan["grad_norm_max"]
             .where(alive)
             .max(("time", "seed"))
             .assign_attrs(long_name="largest gradient norm before divergence", units="1"),
@@ -268,3 +272,51 @@ def summary(scan: xr.Dataset) -> xr.Dataset:
         },
         attrs={"n_seeds": int(scan.sizes["seed"]), "safety_norm": scan.attrs["safety_norm"]},
     )
+
+
+def combine(cells: list[xr.Dataset]) -> xr.Dataset:
+    """Tile the scans of single (depth, width, B) cells into one dataset, with :func:`summary` added."""
+    if not cells:
+        raise DataError("stability: no scan cell to combine; give stability: lists that are not empty")
+    scan = xr.combine_by_coords(cells, combine_attrs="drop_conflicts")
+    return scan.merge(summary(scan))
+
+
+TABLE_COLUMNS = (  # header, variable, format
+    ("d", "depth", "{:d}"),
+    ("w", "width", "{:d}"),
+    ("B", "batch_size", "{:d}"),
+    ("η", "lr", "{:g}"),
+    ("diverged", "n_diverged", "{:d}"),
+    ("first divergence (step)", "first_divergence", "{:.0f}"),
+    ("steps with ‖g‖ > safety", "over_share", "{:.2%}"),
+    ("max ‖g‖", "grad_norm_peak", "{:.3g}"),
+    ("max λ_max η/2", "sharpness_ratio", "{:.2f}"),
+    ("final loss (median)", "final_loss", "{:.3g}"),
+)
+
+
+def table(scan: xr.Dataset) -> str:
+    """Write the scan as a Markdown table, one row per (depth, width, B, η)."""
+    n_seeds, safety = scan.sizes["seed"], scan.attrs.get("safety_norm", float("nan"))
+    lines = [
+        f"Stability scan: unclipped constant-η SGD, {int(scan.attrs.get('steps', 0))} steps, "
+        f"{n_seeds} seeds per cell; diverged = NaN loss or training loss back above its initial value; "
+        f"safety norm {safety:g}; λ_max η/2 > 1 is beyond the edge of stability 2/η.",
+        "",
+        "| " + " | ".join(header for header, _, _ in TABLE_COLUMNS) + " |",
+        "|" + "---:|" * len(TABLE_COLUMNS),
+    ]
+    rows = scan[[name for _, name, _ in TABLE_COLUMNS[4:]]].to_dataframe().reset_index()
+    for row in rows.itertuples(index=False):
+        cells = []
+        for _, name, fmt in TABLE_COLUMNS:
+            value = getattr(row, name)
+            if name == "n_diverged":
+                cells.append(f"{int(value)}/{n_seeds}")
+            elif isinstance(value, float) and not np.isfinite(value):
+                cells.append("-")
+            else:
+                cells.append(fmt.format(int(value) if fmt == "{:d}" else value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

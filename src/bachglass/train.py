@@ -53,6 +53,10 @@ VARIABLES = {  # name: (long_name, units)
     "loss": ("training cross-entropy (full training set)", "nat per note"),
     "heldout_loss": ("held-out cross-entropy", "nat per note"),
     "clip_fraction": ("fraction of the steps since the previous checkpoint that were clipped", "1"),
+    "grad_norm_max": (
+        "largest gradient norm (before any clip) of the steps since the previous checkpoint",
+        "1",
+    ),
     "theta": ("parameter snapshot, flattened in model.param_specs order", "1"),
 }
 RECORDS = tuple(VARIABLES)  # recorded at every checkpoint, in this order
@@ -135,8 +139,13 @@ def train_runs(
     config: TrainConfig,
     checkpoints: list[Path | None] | None = None,
     progress: bool = True,
+    start: "Start | None" = None,
 ) -> list[xr.Dataset]:
     """Train the networks ``seeds`` of one (depth, width) as one batched ensemble; one trajectory each.
+
+    ``start`` continues other runs instead of starting from the seeds' initialisation (a restart at
+    another learning rate): each run from its parameters ``start.theta[k]``, with a minibatch order
+    of its own (seeded by its seed and ``start.stream``), and ``start.origin`` in its identity.
 
     Each run keeps its own parameters, minibatch order, clipping and divergence, so its trajectory
     is that of training it alone up to floating-point round-off (contract §3, DESIGN "Conventions").
@@ -156,6 +165,8 @@ def train_runs(
     train, heldout = model.encode_splits(encoded, layout, dtype, device)
     specs = model.param_specs(config.cell, depth, width, layout.vocab_sizes)
     identities = run_identities(encoded, depth, width, seeds, config)
+    if start is not None:
+        identities = [identity | {"origin": start.origin} for identity in identities]
     states = [
         _load(Path(path), identity) if path is not None and Path(path).exists() else None
         for path, identity in zip(checkpoints, identities, strict=True)
@@ -175,9 +186,17 @@ def train_runs(
     trajectories: list[xr.Dataset | None] = [None] * len(seeds)
     with stop_signals() as received:  # SIGTERM/SIGINT: save at the next step of the cohort at work, stop
         for members in cohorts.values():
-            thetas = torch.stack([model.init_theta(specs, width, seeds[k], dtype, device) for k in members])
+            if start is None:
+                thetas = torch.stack(
+                    [model.init_theta(specs, width, seeds[k], dtype, device) for k in members]
+                )
+            else:
+                thetas = torch.stack(
+                    [torch.as_tensor(start.theta[k], dtype=dtype, device=device) for k in members]
+                )
             cohort = [seeds[k] for k in members]
-            ens = Ensemble(make_engine(config.cell, depth, width, layout, thetas), data, config, cohort)
+            engine = make_engine(config.cell, depth, width, layout, thetas)
+            ens = Ensemble(engine, data, config, cohort, stream=None if start is None else start.stream)
             if states[members[0]] is not None:
                 ens.restore([states[k] for k in members])
             paths = [checkpoints[k] for k in members]
@@ -328,11 +347,23 @@ def noise_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(key)
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where restarted runs begin: each run's parameters, its minibatch stream and what it continues."""
+
+    theta: list[np.ndarray]  # per run, flat (N,)
+    stream: int  # minibatch orders are seeded (seed, stream): apart from the continued runs' own
+    origin: str  # the run and step continued, for the identity (a checkpoint resumes only its restart)
+
+
 class _Member:
     """What is one run's own in an ensemble: minibatch order, Langevin noise and its records."""
 
-    def __init__(self, seed: int, n_train: int, noise: torch.Generator | None) -> None:
-        self.rng = np.random.default_rng(seed)  # minibatch order; init uses its own torch generator
+    def __init__(
+        self, seed: int, n_train: int, noise: torch.Generator | None, stream: int | None = None
+    ) -> None:
+        # minibatch order; init uses its own torch generator
+        self.rng = np.random.default_rng(seed if stream is None else [seed, stream])
         self.noise = noise  # Langevin noise (None at temperature 0)
         # the current epoch's permutation and position in it (exhausted: draw one at the first step)
         self.perm, self.pos, self.diverged_step = np.arange(0), n_train, -1
@@ -352,7 +383,12 @@ class Ensemble:
     """The mutable state of S runs trained together: engine (θ), members, clip counters."""
 
     def __init__(
-        self, engine: "EnsembleEngine | _ReferenceStack", data: Data, config: TrainConfig, seeds: list[int]
+        self,
+        engine: "EnsembleEngine | _ReferenceStack",
+        data: Data,
+        config: TrainConfig,
+        seeds: list[int],
+        stream: int | None = None,
     ) -> None:
         self.engine, self.data, self.config = engine, data, config
         self.n_train = data.train.n_chorales
@@ -368,11 +404,17 @@ class Ensemble:
             self.noise_scale = math.sqrt(2 * config.temperature * config.lr / self.n_scored_notes)
             self.noise = torch.empty_like(theta)  # (S, N) this step's ξ
         self.members = [
-            _Member(seed, self.n_train, None if self.noise is None else noise_generator(seed, theta.device))
+            _Member(
+                seed,
+                self.n_train,
+                None if self.noise is None else noise_generator(seed, theta.device),
+                stream,
+            )
             for seed in seeds
         ]
         self.seeds = list(seeds)
         self.clipped = theta.new_zeros(len(seeds))  # clipped steps since the last record, per run
+        self.grad_max = theta.new_zeros(len(seeds))  # largest gradient norm since the last record, per run
         self.active = theta.new_ones(len(seeds))  # 0 once a run has diverged: its θ is frozen
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, losses) not yet checked (GPU)
         self.step, self.last_record, self.n_stopped = 0, 0, 0
@@ -424,7 +466,7 @@ class Ensemble:
         heldout = None if self.data.heldout is None else self.engine.loss(self.data.heldout).tolist()
         since = max(step - self.last_record, 1)
         thetas = self.engine.theta.to(device="cpu", dtype=torch.float32, copy=True).numpy()
-        clipped = self.clipped.tolist()
+        clipped, grad_max = self.clipped.tolist(), self.grad_max.tolist()
         for m, member in enumerate(self.members):
             if member.diverged_step >= 0:
                 continue
@@ -432,11 +474,13 @@ class Ensemble:
                 losses[m].item(),
                 math.nan if heldout is None else heldout[m],
                 clipped[m] / since,
+                grad_max[m] if step > self.last_record else math.nan,  # step 0: no step taken yet
                 thetas[m],
             )
             for key, value in zip(RECORDS, values, strict=True):
                 member.records[key].append(value)
         self.clipped.zero_()
+        self.grad_max.zero_()
         self.last_record = step
         self.record_seconds += time.perf_counter() - start
 
@@ -462,8 +506,9 @@ class Ensemble:
         exp(-P L / T)).
         """
         clip = self.config.clip_norm
+        norm = torch.linalg.vector_norm(grad, dim=1)
+        torch.fmax(self.grad_max, norm, out=self.grad_max)  # logged whether or not a clip acts
         if clip is not None:
-            norm = torch.linalg.vector_norm(grad, dim=1)
             self.clipped.add_(norm > clip)
             grad.mul_((clip / norm).clamp_(max=1.0).unsqueeze(1))
         if self.n_stopped:  # NaN·0 is NaN: a diverged run's gradient is dropped, not scaled
@@ -496,9 +541,9 @@ class Ensemble:
         """
         member = self.members[m]
         snapshots = member.records["theta"]
-        clipped = int(self.clipped[m].item())
+        clipped, grad_max = int(self.clipped[m].item()), float(self.grad_max[m].item())
         now = {
-            "counters": [self.step, member.pos, clipped, self.last_record, member.diverged_step],
+            "counters": [self.step, member.pos, clipped, self.last_record, member.diverged_step, grad_max],
             "rng": member.rng.bit_generator.state,
             "noise": None if member.noise is None else member.noise.get_state(),  # uint8, on the CPU
             "perm": torch.as_tensor(member.perm).clone(),
@@ -508,7 +553,7 @@ class Ensemble:
         previous, member.saved = member.saved, now
         return now | {
             "identity": identity,
-            "records": {key: member.records[key] for key in RECORDS[:3]},
+            "records": {key: member.records[key] for key in RECORDS[:-1]},
             "snapshots": torch.as_tensor(np.array(snapshots)) if snapshots else None,
             "previous": previous,
             "pack": self.seeds,
@@ -517,8 +562,10 @@ class Ensemble:
     def restore(self, states: list[dict[str, Any]]) -> None:
         """Continue every run from its saved state (all at the same step)."""
         for m, (member, state) in enumerate(zip(self.members, states, strict=True)):
-            self.step, member.pos, clipped, self.last_record, member.diverged_step = state["counters"]
-            self.clipped[m] = clipped
+            self.step, member.pos, clipped, self.last_record, member.diverged_step, grad_max = state[
+                "counters"
+            ]
+            self.clipped[m], self.grad_max[m] = clipped, grad_max
             member.rng.bit_generator.state = state["rng"]
             if member.noise is not None:  # the identity holds the temperature: None only at T = 0
                 member.noise.set_state(state["noise"])
@@ -527,7 +574,7 @@ class Ensemble:
             if member.diverged_step >= 0:
                 self.active[m] = 0
                 self.n_stopped += 1
-            member.records = {key: list(state["records"][key]) for key in RECORDS[:3]}
+            member.records = {key: list(state["records"][key]) for key in RECORDS[:-1]}
             snapshots = state["snapshots"]
             member.records["theta"] = [] if snapshots is None else list(snapshots.numpy())
             member.saved = {key: state[key] for key in SAVED}
@@ -767,4 +814,6 @@ def _trajectory(
         "ensemble_size": len(ens.members),  # runs trained with it as one batched model (round-off only)
     }
     params = {"train": asdict(ens.config), **{k: identity[k] for k in ("depth", "width", "seed")}}
+    if "origin" in identity:  # a restart: what it continues
+        attrs["origin"] = params["origin"] = identity["origin"]
     return xr.Dataset(data_vars, coords, attrs | io.provenance(params, MODULES))

@@ -3,7 +3,9 @@ rule fit_study:
     input:
         study=upstream(rules.combine_study.output.study),
         aging=upstream(aging_study()),
-        code=code("fits", "critical", "aging", "observables", "two_time", "phases"),
+        floor=upstream(floor_files()),
+        restarts=upstream(restart_files()),
+        code=code("fits", "critical", "aging", "observables", "two_time", "phases", "sgd_floor"),
     output:
         fits="results/fits.nc",
         metrics="results/metrics.json",
@@ -17,6 +19,7 @@ rule fit_study:
         fits=config["fits"],
         observables=config["observables"],
         phases=config["phases"],
+        sgd_floor=config["sgd_floor"],
     script:
         "../scripts/fit_study.py"
 
@@ -65,6 +68,7 @@ rule plot_figures:
         fits=upstream(rules.fit_study.output.fits),
         aging=upstream(aging_study()),
         langevin=upstream(langevin_study()),
+        stability=upstream(stability_study()),
         code=code(*FIGURE_MODULES, "fits"),
     output:
         figures=figure_files(),

@@ -24,6 +24,10 @@ RUN_ID = "d{depth}_w{width}_s{seed}"
 RUN = f"results/runs/{RUN_ID}"
 AGING_RUN = f"results/aging/{RUN_ID}"  # the longer runs of the aging subset
 LANGEVIN_RUN = f"results/langevin/T{{temperature}}/{RUN_ID}"  # the Langevin sweep, one folder per T
+FLOOR = "results/sgd_floor"  # one file per (lr, batch size) of the floor runs, one per restart
+FLOOR_ID = "lr{lr}_B{batch}"
+STABILITY_ID = "d{depth}_w{width}_B{batch}"
+STABILITY_CELL = f"results/stability/{STABILITY_ID}"  # one scan job per (depth, width, batch size)
 DATA = "results/data"
 FIGURES = "results/figures"
 LOGS = "results/logs"
@@ -35,6 +39,7 @@ FIGURE_MODULES = [
     "figures_transition",
     "figures_aging",
     "figures_glass",
+    "figures_sgd",
     "langevin",
     "observables",
     "two_time",
@@ -55,6 +60,8 @@ FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
     "accuracy",
     "generalisation_phases",
     "langevin_tts",
+    "stability",
+    "sgd_floor_scaling",
 ]
 
 
@@ -63,6 +70,9 @@ wildcard_constraints:
     width=r"\d+",
     seed=r"\d+",
     temperature=r"[0-9.e+-]+",
+    batch=r"\d+",
+    lr=r"[0-9.e-]+",
+    factor=r"[0-9.e-]+",
 
 
 def all_runs(filename):
@@ -108,6 +118,37 @@ def aging_params():
     }
 
 
+def stability_cells():
+    """Every cell file of the stability scan (none when one of its lists is empty)."""
+    scan = config["stability"]
+    if not (scan["lr"] and scan["seed"]):
+        return []
+    return expand(f"{STABILITY_CELL}.nc", depth=scan["depth"], width=scan["width"], batch=scan["batch_size"])
+
+
+def stability_study():
+    """results/stability.nc when there is a stability scan, else nothing."""
+    return ["results/stability.nc"] if stability_cells() else []
+
+
+def floor_files():
+    """The floor runs of every (lr, batch size) setting (sgd_floor.settings), named as the code names them."""
+    settings = config["sgd_floor"]["settings"]
+    return [f"{FLOOR}/lr{float(s['lr'])}_B{int(s['batch_size'])}.nc" for s in settings]
+
+
+def floor_parent():
+    """The runs the restarts continue: those of the first setting."""
+    return floor_files()[:1]
+
+
+def restart_files():
+    """One file per restart factor (none without floor settings)."""
+    if not floor_files():
+        return []
+    return [f"{FLOOR}/restart_x{float(factor)}.nc" for factor in config["sgd_floor"]["restart_factors"]]
+
+
 def langevin_runs(filename):
     """The file `filename` of every run of the Langevin sweep (none when its grid is empty).
 
@@ -131,8 +172,8 @@ def langevin_study():
 def langevin_params(temperature=None):
     """The train (at `temperature`, full batch) and observables sections of the Langevin sweep.
 
-    Full-batch gradient descent plus noise, whatever train.batch_size says. The gradient clipping of
-    train.clip_norm stays: unclipped, these tanh RNNs blow up at eta = 0.25 and 0.05 alike (README).
+    Full-batch gradient descent plus noise, whatever train.batch_size says, with train's lr and clip
+    (none in the default study: d = 2 is stable unclipped at lr 0.1, docs/stability.md).
     """
     sweep = config["langevin"]
     train = {"steps": sweep["steps"], "temperature": temperature, "batch_size": None}

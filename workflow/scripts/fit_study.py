@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from bachglass import fits, io, phases
+from bachglass import fits, io, phases, sgd_floor
 from bachglass.errors import run_step
 
 if TYPE_CHECKING:
@@ -15,13 +15,28 @@ def main() -> None:
     aging = [io.read_netcdf(path, required=fits.STUDY_VARIABLES) for path in snakemake.input.aging]
     config = fits.FitsConfig(**snakemake.params.fits)
     smoothing = snakemake.params.observables["smoothing_decades"]
-    result = fits.fit_study(study, config, smoothing, aging=aging[0] if aging else None)
+    floor = None
+    if snakemake.input.floor:
+        floor = sgd_floor.analyse(
+            [io.read_netcdf(path, required=["loss"]) for path in snakemake.input.floor],
+            [io.read_netcdf(path, required=["loss"]) for path in snakemake.input.restarts],
+            sgd_floor.FloorConfig(**snakemake.params.sgd_floor),
+            config.n_boot,
+            config.ci,
+            config.seed,
+            config.floor_factor,
+        )
+    own = sgd_floor.at_setting(floor, study.attrs.get("lr"), study.attrs.get("batch_size"))
+    result = fits.fit_study(study, config, smoothing, aging=aging[0] if aging else None, measured_floor=own)
     labelled = phases.generalisation_phases(study, phases.PhasesConfig(**snakemake.params.phases))
     result = result.merge(labelled, combine_attrs="override")
-    params = {"fits": snakemake.params.fits, "phases": snakemake.params.phases}
-    result.attrs |= io.provenance(params, (*fits.MODULES, "phases"))
+    if floor is not None:
+        result = result.merge(floor, combine_attrs="override").assign_attrs(**floor.attrs)
+    params = {k: snakemake.params[k] for k in ("fits", "phases", "sgd_floor")}
+    result.attrs |= io.provenance(params, (*fits.MODULES, "phases", "sgd_floor"))
+    metrics = fits.metrics(result) | phases.metrics(labelled) | sgd_floor.metrics(floor)
     io.write_netcdf(result, snakemake.output.fits)
-    io.write_json(fits.metrics(result) | phases.metrics(labelled), snakemake.output.metrics)
+    io.write_json(metrics, snakemake.output.metrics)
 
 
 if __name__ == "__main__":

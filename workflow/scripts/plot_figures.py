@@ -16,9 +16,10 @@ def main() -> None:
     fits = io.read_netcdf(snakemake.input.fits)
     aging = io.read_netcdf(snakemake.input.aging[0]) if snakemake.input.aging else None
     langevin = io.read_netcdf(snakemake.input.langevin[0]) if snakemake.input.langevin else None
+    scan = io.read_netcdf(snakemake.input.stability[0]) if snakemake.input.stability else None
     params = snakemake.params.figures
     outdir = Path(snakemake.output.figures[0]).parent
-    for name, fig in figures.draw_all(study, fits, aging, langevin):
+    for name, fig in figures.draw_all(study, fits, aging, langevin, scan):
         io.save_figure(fig, outdir / name, params["formats"], params["dpi"])
 
 

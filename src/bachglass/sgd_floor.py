@@ -1,0 +1,308 @@
+"""The SGD noise floor L_SGD(η, B), measured, and the restart test of check 7.
+
+With a constant step η and minibatches of B chorales, the training loss of a net that can fit its
+data does not go to the data floor: minibatch noise keeps it at a floor L_SGD(η, B) above it
+(paper-spec 1.7 g). The floor runs train the widest nets, unclipped, at several (η, B) and measure
+the late plateau as the asymptote L_∞ of a power-law fit L_∞ + B t^−α over the late window
+(:func:`bachglass.fits.fit_power_law`), per seed. Its excess over the data floor is fitted as
+L_SGD ∝ (η/B)^κ in log-log, with a seed-bootstrap interval.
+
+The restart test: the runs of the first setting are continued from step ``restart_step`` at η/2,
+η/4, ... (same B, each its own minibatch order). If the floor is set by SGD noise it drops with η,
+and the time at which the loss comes within ``floor_factor`` of it (where aging is said to break
+down) moves with it.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from bachglass import fits
+from bachglass.errors import DataError
+
+TRAIN_KEYS = ("cell", "checkpoints_per_decade", "resume_every", "dtype", "device", "temperature")  # of train:
+RESTART_STREAM = 0x52455354  # "REST": a restart's minibatch order is seeded (seed, this, factor index)
+
+
+@dataclass(frozen=True)
+class FloorConfig:
+    """The ``sgd_floor`` section of params.yaml (see the comments there)."""
+
+    depth: int
+    width: int
+    seed: list[int]
+    settings: list[dict]  # [{lr, batch_size}, ...]; the first is the restarts' parent
+    steps: int
+    window_start: int  # SGD steps: the plateau is the L_∞ of a power-law fit over [window_start, end]
+    # (for a restart: steps since the restart)
+    restart_step: int
+    restart_factors: list[float]
+    restart_steps: int
+
+
+def setting_id(lr: float, batch_size: int) -> str:
+    """File stem of one (η, B) setting: ``lr0.1_B4`` (str of the float, as DVC's templating writes it)."""
+    return f"lr{float(lr)}_B{int(batch_size)}"
+
+
+def combine_seeds(trajectories: Sequence[xr.Dataset]) -> xr.Dataset:
+    """One setting's runs (trajectories of one (depth, width)) along ``seed``, with their training attrs."""
+    if not trajectories:
+        raise DataError("sgd_floor: no run to combine; list sgd_floor.seed")
+    runs = [t.squeeze(("depth", "width"), drop=False) for t in trajectories]
+    out = xr.concat(
+        runs,
+        dim="seed",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        combine_attrs="drop_conflicts",
+    )
+    return out
+
+
+def floor_of(runs: xr.Dataset, window_start: int, floor: float) -> xr.DataArray:
+    """L_∞ per seed: the plateau of the late window of each run's loss (NaN for a diverged run)."""
+    step = runs["step"].values
+    values = [
+        fits.fit_power_law(step, runs["loss"].sel(seed=s).values.ravel(), window_start, floor=floor)[0]
+        for s in runs["seed"].values
+    ]
+    return xr.DataArray(values, coords={"seed": runs["seed"].values}, dims="seed")
+
+
+def floor_time(runs: xr.Dataset, level: float) -> xr.DataArray:
+    """First step at which each run's loss is within ``level`` (nats/note, per seed or scalar); +inf never."""
+    loss = runs["loss"].transpose("seed", ...)
+    below = loss <= level
+    first = below.argmax("time")
+    step = runs["step"].values
+    times = np.where(below.any("time").values, step[first.values.ravel()], np.inf)
+    return xr.DataArray(times.reshape(first.shape), coords=first.coords, dims=first.dims)
+
+
+def kappa_fit(ratio: np.ndarray, excess: np.ndarray) -> float:
+    """Slope κ of log excess against log (η/B), over the settings with a positive excess."""
+    keep = np.isfinite(excess) & (excess > 0)
+    if len(np.unique(ratio[keep])) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(ratio[keep]), np.log(excess[keep]), 1)[0])
+
+
+def analyse(
+    settings: Sequence[xr.Dataset],
+    restarts: Sequence[xr.Dataset],
+    config: FloorConfig,
+    n_boot: int,
+    ci: float,
+    seed: int,
+    floor_factor: float,
+) -> xr.Dataset:
+    """Measure the floor per (η, B) with its seed-bootstrap CI, κ with its CI, and the restart test.
+
+    Variables (dims ``setting`` for the floor runs, ``restart`` for the restarts):
+    ``sgd_floor_run`` (setting, seed) L_∞ per run; ``sgd_floor_measured`` and its ``_lo``/``_hi``
+    bounds (setting); ``sgd_floor_excess`` (over the data floor); ``sgd_floor_kappa`` with
+    ``_lo``/``_hi``; ``restart_floor`` (restart) and ``restart_floor_ratio`` (over the parent's);
+    ``floor_time`` (setting / restart, seed): first step with loss ≤ floor_factor × the floor.
+    """
+    if not settings:
+        raise DataError("sgd_floor: no floor runs; list sgd_floor.settings")
+    data_floor = float(settings[0].attrs["data_floor"])
+    lrs = np.array([float(s.attrs["lr"]) for s in settings])
+    batches = np.array([int(s.attrs["batch_size"]) for s in settings])
+    per_run = xr.concat([floor_of(s, config.window_start, data_floor) for s in settings], dim="setting")
+    seeds = per_run["seed"].values
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(seeds), size=(n_boot, len(settings), len(seeds)))
+    values = per_run.values  # (setting, seed)
+    boot = np.nanmedian(np.take_along_axis(values[None], draws, axis=2), axis=2)  # (boot, setting)
+    floor = np.nanmedian(values, axis=1)
+    lo, hi = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    ratio = lrs / batches
+    kappa = kappa_fit(ratio, floor - data_floor)
+    boot_kappa = np.array([kappa_fit(ratio, b - data_floor) for b in boot])
+    n_fitted = int(np.isfinite(boot_kappa).sum())
+    k_lo, k_hi = np.nanquantile(boot_kappa, [(1 - ci) / 2, (1 + ci) / 2]) if n_fitted else (np.nan, np.nan)
+    setting = {"setting": [setting_id(a, b) for a, b in zip(lrs, batches, strict=True)]}
+    coords = setting | {
+        "lr": ("setting", lrs),
+        "batch_size": ("setting", batches),
+        "lr_over_batch": ("setting", ratio),
+    }
+
+    def var(
+        values: Any, long_name: str, dims: tuple = ("setting",), units: str = "nat per note"
+    ) -> xr.DataArray:
+        return xr.DataArray(values, dims=dims, attrs={"long_name": long_name, "units": units})
+
+    out = xr.Dataset(
+        {
+            "sgd_floor_run": var(values, "late-time plateau L_inf of each floor run", ("setting", "seed")),
+            "sgd_floor_measured": var(floor, "SGD floor: median over seeds of the plateau L_inf"),
+            "sgd_floor_measured_lo": var(
+                lo, f"lower end of the {ci:.0%} seed-bootstrap interval of the floor"
+            ),
+            "sgd_floor_measured_hi": var(
+                hi, f"upper end of the {ci:.0%} seed-bootstrap interval of the floor"
+            ),
+            "sgd_floor_excess": var(floor - data_floor, "SGD floor above the data floor"),
+            "sgd_floor_kappa": var(kappa, "exponent kappa of L_SGD - data floor ∝ (η/B)^kappa", (), "1"),
+            "sgd_floor_kappa_lo": var(k_lo, f"lower end of the {ci:.0%} interval of kappa", (), "1"),
+            "sgd_floor_kappa_hi": var(k_hi, f"upper end of the {ci:.0%} interval of kappa", (), "1"),
+            "sgd_floor_kappa_replicas": var(n_fitted, "bootstrap replicas with a kappa fit", (), "1"),
+            "floor_time": var(
+                xr.concat(
+                    [floor_time(s, floor_factor * f) for s, f in zip(settings, floor, strict=True)], "setting"
+                ).values,
+                f"first step with loss <= {floor_factor:g} x the floor (+inf: never)",
+                ("setting", "seed"),
+                "SGD steps",
+            ),
+        },
+        coords=coords | {"seed": seeds},
+        attrs={
+            "floor_depth": config.depth,
+            "floor_width": config.width,
+            "floor_window_start": config.window_start,
+        },
+    )
+    if restarts:
+        test = _restart_test(restarts, settings[0], floor[0], config, data_floor, floor_factor)
+        out = out.merge(test).assign_attrs(restart_step=test.attrs["restart_step"])
+    return out
+
+
+def _restart_test(
+    restarts: Sequence[xr.Dataset],
+    parent: xr.Dataset,
+    parent_floor: float,
+    config: FloorConfig,
+    data_floor: float,
+    floor_factor: float,
+) -> xr.Dataset:
+    """Floor of each restart (η·f) against its parent's, and when each comes within floor_factor of it."""
+    factors = np.array([float(r.attrs["lr"]) / float(parent.attrs["lr"]) for r in restarts])
+    floors = np.array([np.nanmedian(floor_of(r, config.window_start, data_floor).values) for r in restarts])
+    times = np.array(
+        [
+            floor_time(r, floor_factor * f).values + config.restart_step
+            for r, f in zip(restarts, floors, strict=True)
+        ]
+    )
+    coords = {"restart": factors}
+    return xr.Dataset(
+        {
+            "restart_floor": (
+                "restart",
+                floors,
+                {"long_name": "plateau L_inf after a restart at lr x factor", "units": "nat per note"},
+            ),
+            "restart_floor_ratio": (
+                "restart",
+                floors / parent_floor,
+                {"long_name": "restart floor over the parent's", "units": "1"},
+            ),
+            "restart_floor_time": (
+                ("restart", "seed"),
+                times,
+                {
+                    "long_name": f"first step (from the parent's start) with loss <= {floor_factor:g} x "
+                    "the restart's floor",
+                    "units": "SGD steps",
+                },
+            ),
+        },
+        coords=coords,
+        attrs={"restart_step": int(restarts[0].attrs["restart_step"])},
+    )
+
+
+def train_setting(
+    encoded: xr.Dataset,
+    train_params: dict[str, Any],
+    config: FloorConfig,
+    lr: float,
+    batch_size: int,
+    checkpoints: list[Any],
+) -> xr.Dataset:
+    """Train the floor runs of one (η, B), unclipped, as one batched model; along ``seed``."""
+    from bachglass import train  # torch: only the training steps need it
+
+    own = {
+        "lr": lr,
+        "batch_size": batch_size,
+        "steps": config.steps,
+        "clip_norm": None,
+        "pack": len(config.seed),
+    }
+    cfg = train.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, **own)
+    runs = train.train_runs(encoded, config.depth, config.width, list(config.seed), cfg, checkpoints)
+    return combine_seeds(runs)
+
+
+def restart_setting(
+    encoded: xr.Dataset,
+    parent: xr.Dataset,
+    train_params: dict[str, Any],
+    config: FloorConfig,
+    factor: float,
+    checkpoints: list[Any],
+) -> xr.Dataset:
+    """Continue the parent setting's runs from ``restart_step`` at η × ``factor``; along ``seed``."""
+    from bachglass import train
+
+    step = parent["step"].values
+    if not 0 < config.restart_step <= step[-1]:
+        raise DataError(
+            f"sgd_floor.restart_step: {config.restart_step} is not within the floor runs' 1..{step[-1]}"
+        )
+    k = [
+        int(np.abs(np.log(np.maximum(step, 1)) - np.log(config.restart_step)).argmin())
+    ]  # nearest checkpoint
+    lr, batch_size = float(parent.attrs["lr"]) * factor, int(parent.attrs["batch_size"])
+    own = {"lr": lr, "batch_size": batch_size, "steps": config.restart_steps, "clip_norm": None}
+    cfg = train.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, **own, pack=len(config.seed))
+    seeds = [int(s) for s in parent["seed"].values]
+    theta = [parent["theta"].sel(seed=s).isel(time=int(k[0])).values.ravel() for s in seeds]
+    index = list(config.restart_factors).index(factor) if factor in config.restart_factors else 0
+    origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k[0]])}"
+    start = train.Start(theta=theta, stream=RESTART_STREAM + index, origin=origin)
+    runs = train.train_runs(encoded, config.depth, config.width, seeds, cfg, checkpoints, start=start)
+    return combine_seeds(runs).assign_attrs(restart_step=int(step[k[0]]), restart_factor=float(factor))
+
+
+def at_setting(floor: xr.Dataset | None, lr: Any, batch_size: Any) -> float | None:
+    """Return the measured floor at (``lr``, ``batch_size``), the study's own; None where not measured."""
+    if floor is None or lr is None or batch_size is None:
+        return None
+    match = (np.isclose(floor["lr"].values, float(lr))) & (floor["batch_size"].values == int(batch_size))
+    return float(floor["sgd_floor_measured"].values[match][0]) if match.any() else None
+
+
+def metrics(floor: xr.Dataset | None) -> dict:
+    """Headline numbers for ``dvc metrics``: the floor per setting, κ and its interval, the restart ratios."""
+    if floor is None:
+        return {}
+
+    def number(value: Any) -> float | None:
+        value = float(value)
+        return float(f"{value:.5g}") if np.isfinite(value) else None
+
+    out = {
+        "floor": {
+            str(k): number(floor["sgd_floor_measured"].sel(setting=k)) for k in floor["setting"].values
+        },
+        "kappa": number(floor["sgd_floor_kappa"]),
+        "kappa_lo": number(floor["sgd_floor_kappa_lo"]),
+        "kappa_hi": number(floor["sgd_floor_kappa_hi"]),
+    }
+    if "restart_floor_ratio" in floor:
+        out["restart_floor_ratio"] = {
+            f"x{float(f):g}": number(floor["restart_floor_ratio"].sel(restart=f))
+            for f in floor["restart"].values
+        }
+    return {"sgd_floor": out}

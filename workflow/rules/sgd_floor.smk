@@ -1,0 +1,48 @@
+# The SGD floor: the widest nets trained long, unclipped, at several (lr, batch size) (params.yaml
+# sgd_floor:), and the restart test of check 7 (the first setting's runs continued at lr x factor).
+# Of the train section they take only what is not theirs (lr, batch size, steps and clip are).
+
+from bachglass.sgd_floor import TRAIN_KEYS as FLOOR_TRAIN_KEYS
+
+
+rule train_floor:
+    """The floor runs of one (lr, batch size): every seed of sgd_floor as one batched model."""
+    input:
+        encoded=upstream(rules.publish_data.output.encoded),
+        code=code("model", "ensemble", "train", "sgd_floor", "fits"),
+    output:
+        runs=f"{FLOOR}/{FLOOR_ID}.nc",
+    log:
+        f"{LOGS}/train_floor/{FLOOR_ID}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_floor/{FLOOR_ID}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    params:
+        sgd_floor=config["sgd_floor"],
+        train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
+    script:
+        "../scripts/train_floor.py"
+
+
+rule restart_floor:
+    """The first floor setting's runs continued from sgd_floor.restart_step at lr x factor."""
+    input:
+        parent=upstream(floor_parent()),
+        encoded=upstream(rules.publish_data.output.encoded),
+        code=code("model", "ensemble", "train", "sgd_floor", "fits"),
+    output:
+        runs=f"{FLOOR}/restart_x{{factor}}.nc",
+    log:
+        f"{LOGS}/restart_floor/x{{factor}}.log",
+    benchmark:
+        f"{BENCHMARKS}/restart_floor/x{{factor}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    params:
+        sgd_floor=config["sgd_floor"],
+        train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
+    script:
+        "../scripts/restart_floor.py"

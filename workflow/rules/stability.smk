@@ -1,0 +1,43 @@
+# The stability scan: unclipped constant-eta minibatch SGD over a grid of learning rates and batch sizes
+# (params.yaml stability:), from which the default study's eta and B are chosen (docs/stability.md).
+
+
+rule scan_stability:
+    """Every (lr, seed) of one (depth, width, batch size), unclipped: divergence, unsafe steps, sharpness."""
+    input:
+        encoded=upstream(rules.publish_data.output.encoded),
+        code=code("model", "ensemble", "train", "probes", "stability"),
+    output:
+        scan=f"{STABILITY_CELL}.nc",
+    log:
+        f"{LOGS}/scan_stability/{STABILITY_ID}.log",
+    benchmark:
+        f"{BENCHMARKS}/scan_stability/{STABILITY_ID}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    params:
+        stability=config["stability"],
+        train={key: config["train"][key] for key in ("cell", "dtype", "device")},
+    script:
+        "../scripts/scan_stability.py"
+
+
+rule combine_stability:
+    """The scan's cells in one dataset, and its table (a row per depth, width, batch size and lr)."""
+    input:
+        scans=upstream(stability_cells()),
+        code=code("stability"),
+    output:
+        scan="results/stability.nc",
+        table="results/stability.md",
+    log:
+        f"{LOGS}/combine_stability.log",
+    benchmark:
+        f"{BENCHMARKS}/combine_stability.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        grid={key: config["stability"][key] for key in ("depth", "width", "batch_size")},
+    script:
+        "../scripts/combine_stability.py"
