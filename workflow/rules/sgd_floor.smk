@@ -23,7 +23,7 @@ rule train_floor:
         sgd_floor=config["sgd_floor"],
         train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
     script:
-        "../scripts/train_floor.py"
+        "../scripts/floor_runs.py"
 
 
 rule restart_floor:
@@ -45,4 +45,4 @@ rule restart_floor:
         sgd_floor=config["sgd_floor"],
         train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
     script:
-        "../scripts/restart_floor.py"
+        "../scripts/floor_runs.py"

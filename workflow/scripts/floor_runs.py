@@ -1,4 +1,4 @@
-"""Train the floor runs of one (lr, batch size), unclipped, every seed at once (rule train_floor)."""
+"""Train the floor runs of one (lr, B) or restart the first setting's (rules train_floor, restart_floor)."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,14 +18,14 @@ def main() -> None:
     config = sgd_floor.FloorConfig(**snakemake.params.sgd_floor)
     output = Path(snakemake.output.runs)
     checkpoints = [output.with_name(f"{output.stem}.s{seed}.ckpt.pt") for seed in config.seed]
-    runs = sgd_floor.train_setting(
-        io.read_netcdf(snakemake.input.encoded, required=train.ENCODED_VARIABLES),
-        snakemake.params.train,
-        config,
-        lr=float(snakemake.wildcards.lr),
-        batch_size=int(snakemake.wildcards.batch),
-        checkpoints=checkpoints,
-    )
+    encoded = io.read_netcdf(snakemake.input.encoded, required=train.ENCODED_VARIABLES)
+    if hasattr(snakemake.input, "parent"):  # restart_floor: the first setting's runs at lr x factor
+        parent = io.read_netcdf(snakemake.input.parent[0], required=["theta", "loss"])
+        factor = float(snakemake.wildcards.factor)
+        runs = sgd_floor.restart_setting(encoded, parent, snakemake.params.train, config, factor, checkpoints)
+    else:
+        lr, batch_size = float(snakemake.wildcards.lr), int(snakemake.wildcards.batch)
+        runs = sgd_floor.train_setting(encoded, snakemake.params.train, config, lr, batch_size, checkpoints)
     io.write_netcdf(runs, output)
     for checkpoint in checkpoints:
         train.remove_checkpoint(checkpoint)
