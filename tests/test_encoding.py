@@ -410,7 +410,7 @@ def test_encode_then_decode_returns_the_sampled_pitches_of_any_satb_corpus(case)
 
 
 def test_default_params_select_the_feasibility_chorales_and_reproduce_their_floor():
-    # feasibility.md: the first 8 chorales of 40-56 quarters, floor 0.0037 nats/note on 1488 notes;
+    # the first 8 chorales of 40-56 quarters, floor 0.0037 nats/note on 1488 notes;
     # the 8 training + 8 held-out chorales all lie within the first 30 corpus files.
     kept, _ = chorales.load_music21_corpus("bach", max_scores=30)
     ds = encode(kept, EncodingConfig(**yaml.safe_load(PARAMS.read_text())["encoding"]))

@@ -73,7 +73,7 @@ def test_param_specs_follow_the_reference_modules_parameters(cell, depth):
     ],
 )
 def test_n_parameters_matches_the_paper_spec_table(cell, depth, width, expected):
-    vocab = (23, 24, 25, 31)  # I = O = 103 as in paper-spec §1.4
+    vocab = (23, 24, 25, 31)  # I = O = 103 as in docs/science.md §1.4
     assert model.n_parameters(cell, depth, width, vocab) == expected
 
 

@@ -152,7 +152,7 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     records = accounting(list(jobs))
     assert {r["State"] for r in records.values()} == {"COMPLETED"}, records
     # every result file was written by exactly one SLURM job (the job id is kept out of the NetCDF attrs,
-    # which are the same bytes wherever they were computed: DESIGN, file contracts)
+    # which are the same bytes wherever they were computed: docs/science.md Conventions)
     made_by = [path for job in jobs.values() for path in job["outputs"]]
     # a data step's job writes to a staging folder; publish_data (a localrule) moves the files into place
     made_by = [re.sub(r"^results/data/\.staging/[^/]+/", "results/data/", path) for path in made_by]

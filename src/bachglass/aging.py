@@ -2,7 +2,7 @@
 
 Simple aging (paper: "a single function of τ/τ_w") is μ = 1; μ < 1 is sub-aging, μ = 0 no aging
 at all (Δ depends on the lag τ only). The collapse metric S is the spread, in decades, of log10 Δ
-across waiting times at a fixed scaled lag x = τ/τ_w^μ (paper-spec 1.7 f, 5.3), averaged over the
+across waiting times at a fixed scaled lag x = τ/τ_w^μ (docs/science.md §1.7 f, 5.3), averaged over the
 x where at least two waiting times overlap.
 """
 

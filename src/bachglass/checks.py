@@ -1,4 +1,4 @@
-"""The paper's qualitative claims (paper-spec §6, checks 1-7), judged on ``fits.nc``.
+"""The paper's qualitative claims (docs/science.md §6, checks 1-7), judged on ``fits.nc``.
 
 Each check states its criterion before any data is seen (the constants below) and returns the
 numbers it was judged on. It is a report, not a test: FAIL is a finding about the study (too
@@ -266,7 +266,7 @@ CHECKS: tuple[Callable[[xr.Dataset], Check], ...] = (
 
 
 def run_checks(fits: xr.Dataset) -> list[Check]:
-    """All checks of paper-spec §6 (1-7, check 7 in two parts), in order."""
+    """All checks of docs/science.md §6 (1-7, check 7 in two parts), in order."""
     return [check(fits) for check in CHECKS]
 
 

@@ -135,7 +135,7 @@ def free_exponent_fit(
 def extrapolate(eps: np.ndarray, w_c: np.ndarray, n: int) -> tuple[float, float]:
     """w_c* and slope of w_c(ε) = w_c* + b ε over the ``n`` smallest ε with a finite w_c.
 
-    Linear in ε over the smallest thresholds (paper-spec 1.7 e, the default form): with three or
+    Linear in ε over the smallest thresholds (docs/science.md §1.7 e, the default form): with three or
     four thresholds a free exponent gamma would not be determined. NaN when fewer than two points.
     """
     ok = np.isfinite(w_c)

@@ -2,7 +2,7 @@
 
 The network sees, at each grid step, the four voices as one-hots over per-voice vocabularies and
 predicts the next step's four tokens. The data floor is the loss that a perfect memoriser of the
-training set still pays, because different chorales share openings (paper-spec §1.3).
+training set still pays, because different chorales share openings (docs/science.md §1.3).
 """
 
 import math

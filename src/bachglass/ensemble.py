@@ -1,6 +1,6 @@
 """Many Elman (tanh) networks of one (depth, width) as one batched model: stacked weights, manual BPTT.
 
-This is the "M2" algorithm of perf-notes (appendix), stacked over S members that share nothing but
+This is the "M2" algorithm of docs/science.md Conventions, stacked over S members that share nothing but
 their shape: each has its own parameters (row s of ``theta``, shape (S, N)), its own batch when the
 caller gives one per member, and its own gradient (row s of ``grad``). Per time step and layer it
 runs 2 ops forward and 2 backward for all S members at once; everything without a recurrence (input

@@ -1,4 +1,4 @@
-"""The figure set of paper-spec 1.8, drawn from the study (``study.nc``) and its fits (``fits.nc``).
+"""The figure set of docs/science.md §1.8, drawn from the study (``study.nc``) and its fits (``fits.nc``).
 
 Each function ``draw(study, fits)`` returns a ``matplotlib.figure.Figure`` built without pyplot: no
 global figure state, no GUI backend (the Agg canvas renders it), safe in parallel workflow jobs.
@@ -25,7 +25,7 @@ from bachglass.figures_transition import (
 )
 from bachglass.fits import aging_view
 
-# The figure set drawn by the plot_figures rule, in paper-spec 1.8 order, then those of the observables
+# The figure set drawn by the plot_figures rule, in docs/science.md §1.8 order, then those of the observables
 # beyond the paper: file stem -> drawing function of (study, fits) (langevin_tts: of the sweep;
 # stability: of the stability scan).
 FIGURES: dict[str, Callable[..., Figure]] = {

@@ -1,6 +1,6 @@
 """Figures of aging: Δ(τ_w, τ) for three example nets, raw and rescaled by τ_w or τ_w^μ.
 
-paper-spec 1.8 figures 7 and 8. The examples are one depth's widths nearest 0.6, 1 and 2 x w_c*:
+docs/science.md §1.8 figures 7 and 8. The examples are one depth's widths nearest 0.6, 1 and 2 x w_c*:
 under-parametrized, near-critical and over-parametrized. Δ is averaged over the seeds that did
 not diverge. Waiting times below the first one the fits used are drawn faint (inside the early
 plateau of the loss they are left out of the collapse).

@@ -1,4 +1,4 @@
-"""Figures of the glassy-dynamics observables beyond the paper (paper-spec Part 2 and §4).
+"""Figures of the glassy-dynamics observables beyond the paper (docs/science.md Part 2 and §4).
 
 - ``two_time``: overlap Q, non-Gaussian parameter α₂ and cosine correlation C against τ/τ_w for an
   under-parametrized, a near-critical and an over-parametrized net, and the relaxation times

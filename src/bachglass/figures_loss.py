@@ -1,6 +1,6 @@
 """Figures of the loss: the curves with their power-law fits, the fitted alpha and L_inf, and the SGD floor.
 
-paper-spec 1.8 figures 1, 2 and 9. The fitted curve is L(t) = L_inf + B (t/t_end)^-alpha with t_end the
+docs/science.md §1.8 figures 1, 2 and 9. The fitted curve is L(t) = L_inf + B (t/t_end)^-alpha with t_end the
 last step of the run (the ``fits.B`` convention), drawn over the reported fit window only.
 """
 

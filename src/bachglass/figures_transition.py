@@ -1,6 +1,6 @@
 """Figures of the transition: learning times, their critical fits, w_c(ε) → w_c* and the phase diagram.
 
-paper-spec 1.8 figures 3 to 6. A fitted line is solid over the widths the fit used (w_c < w ≤ the
+docs/science.md §1.8 figures 3 to 6. A fitted line is solid over the widths the fit used (w_c < w ≤ the
 widest width in its window) and dashed where it is extrapolated; a missing fit (NaN) draws nothing.
 """
 

@@ -1,6 +1,6 @@
 """Fits of the study: loss power laws, floors and phases, and the assembly of ``fits.nc``.
 
-``study.nc`` (observables over depth, width, seed) in, the numbers of paper-spec §1.7 and §5.3 out:
+``study.nc`` (observables over depth, width, seed) in, the numbers of docs/science.md §1.7 and §5.3 out:
 this module fits each run's loss and classifies each (depth, width); the critical fits live in
 :mod:`bachglass.critical` and the aging collapse in :mod:`bachglass.aging`.
 """
@@ -124,7 +124,7 @@ def power_laws(
 def sgd_floor(L_inf: xr.DataArray) -> xr.DataArray:
     """Estimate the loss floor of the widest nets per depth: median over seeds of their fitted L_inf.
 
-    paper-spec 1.7 g: the late plateau of the widest nets. With full-batch steps there is no
+    docs/science.md §1.7 g: the late plateau of the widest nets. With full-batch steps there is no
     minibatch noise, so this is the floor of plain gradient descent on this budget; it is reported
     as measured and compared with the data floor, not assumed.
     """
@@ -151,7 +151,7 @@ def classify(fit: xr.Dataset, floor_ref: xr.DataArray, factor: float) -> xr.Data
 
 
 def crossing_time(smooth: xr.DataArray, level: xr.DataArray) -> xr.DataArray:
-    """First step at which the smoothed loss is ≤ ``level``; +inf when never (t* of paper-spec 1.7 g)."""
+    """First step at which the smoothed loss is ≤ ``level``; +inf when never (t*, docs/science.md §1.7 g)."""
     reached = smooth <= level
     return smooth["step"].astype(np.float64).where(reached).min("time").fillna(np.inf)
 

@@ -1,13 +1,13 @@
 """Stacked recurrent networks with per-voice softmax heads: parameter layout, inputs, autograd reference.
 
 The network reads the chord at step t (the 4 voices' one-hots, concatenated) and predicts the chord at
-t + 1 through one linear readout split into 4 per-voice softmaxes (paper-spec §1.4). Every parameter
+t + 1 through one linear readout split into 4 per-voice softmaxes (docs/science.md §1.4). Every parameter
 lives in one flat vector ``theta`` whose order and grouping are defined here once, by
 :func:`param_specs`; the batched Elman path (``bachglass.ensemble``), the autograd reference below and the
 trajectory's ``theta``/``group`` all use it.
 
 Biases follow PyTorch's two-bias convention (``bias_ih`` and ``bias_hh`` per layer, both kept as
-parameters), which is what paper-spec §1.4 counts. For the Elman cell only their sum enters the
+parameters), which is what docs/science.md §1.4 counts. For the Elman cell only their sum enters the
 forward pass, so both get the same gradient.
 """
 
@@ -64,7 +64,7 @@ def param_specs(cell: str, depth: int, width: int, vocab_sizes: tuple[int, ...])
 
 
 def n_parameters(cell: str, depth: int, width: int, vocab_sizes: tuple[int, ...]) -> int:
-    """Count the trainable parameters N(d, w) (two-bias convention, paper-spec §1.4)."""
+    """Count the trainable parameters N(d, w) (two-bias convention, docs/science.md §1.4)."""
     return sum(spec.size for spec in param_specs(cell, depth, width, vocab_sizes))
 
 

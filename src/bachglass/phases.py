@@ -1,6 +1,6 @@
 """Generalisation phases of each (depth, width): comprehension, grokking, memorisation, confusion.
 
-The rule of Liu et al. (2022; paper-spec Part 2 d), on next-note accuracies: t_train is the first
+The rule of Liu et al. (2022; docs/science.md Part 2 d), on next-note accuracies: t_train is the first
 step at which the training accuracy reaches ``train_accuracy``, t_test the first at which the
 held-out accuracy reaches ``heldout_fraction`` x the best final held-out accuracy of the study
 (held-out Bach never reaches an absolute 0.9, so the threshold is relative). Then

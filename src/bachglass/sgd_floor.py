@@ -2,7 +2,7 @@
 
 With a constant step η and minibatches of B chorales, the training loss of a net that can fit its
 data does not go to the data floor: minibatch noise keeps it at a floor L_SGD(η, B) above it
-(paper-spec 1.7 g). The floor runs train the widest nets, unclipped, at several (η, B) and measure
+(docs/science.md §1.7 g). The floor runs train the widest nets, unclipped, at several (η, B) and measure
 the late plateau as the asymptote L_∞ of a power-law fit L_∞ + B t^−α over the late window
 (:func:`bachglass.fits.fit_power_law`), per seed. Its excess over the data floor is fitted as
 L_SGD ∝ (η/B)^κ in log-log, with a seed-bootstrap interval.

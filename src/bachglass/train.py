@@ -2,7 +2,7 @@
 
 Plain SGD at constant lr (no momentum, no weight decay): a schedule would add its own time scale to
 the glassy dynamics under study. The one deviation is an optional per-net global gradient-norm
-clip, whose activity is recorded as ``clip_fraction`` (feasibility: unclipped runs blow up at lr 0.5).
+clip, whose activity is recorded as ``clip_fraction`` (unclipped, d = 1 blows up: docs/stability.md).
 
 At ``temperature`` T > 0 the dynamics is Langevin (Kerr Winter & Janssen): every step adds
 sqrt(2 T η / P)·ξ, ξ ~ N(0, I), where P is the number of scored notes of the training set, so that
@@ -148,7 +148,7 @@ def train_runs(
     of its own (seeded by its seed and ``start.stream``), and ``start.origin`` in its identity.
 
     Each run keeps its own parameters, minibatch order, clipping and divergence, so its trajectory
-    is that of training it alone up to floating-point round-off (contract §3, DESIGN "Conventions").
+    is that of training it alone up to floating-point round-off (docs/science.md Conventions).
     Runs resume from their ``checkpoints`` files where those exist; runs whose checkpoints stand
     at different steps, or were saved by different ensembles, train as separate ensembles, so no
     finished step is lost and a resumed run ends bitwise as it would have uninterrupted. A non-finite loss

@@ -10,7 +10,7 @@ are tiny):
 - ``overlap``  Q = mean 1[|Δθ| < ε], ε = std θ(τ_w) / f (Kerr Winter & Janssen, who have no biases)
 - ``cosine``   C = θ(τ_w)·θ(t') / (|θ(τ_w)| |θ(t')|)
 
-The layout is the absolute-time one of paper-spec 1.7f (v2): dims (..., tau_w, time), NaN for
+The layout is the absolute-time one of docs/science.md §1.7f (v2): dims (..., tau_w, time), NaN for
 t' < τ_w, the lag t' − τ_w as the coordinate ``time_since_tau_w``; per parameter group the dims are
 (..., group, tau_w, time). At t' = τ_w: Δ = D = 0, Y and α₂ are NaN (0/0), Q = 1 (when ε > 0) and
 C = 1 exactly. :func:`on_lag_grid` puts any of them on a common lag grid (v1 convention, aging

@@ -45,7 +45,7 @@ rule propose_widths:
 
 
 rule check_science:
-    """The paper's qualitative claims (paper-spec §6, checks 1-7) judged on the fits: PASS or FAIL."""
+    """The paper's qualitative claims (docs/science.md §6, checks 1-7) judged on the fits: PASS or FAIL."""
     input:
         fits=upstream(rules.fit_study.output.fits),
         code=code("checks", "fits"),
@@ -62,7 +62,7 @@ rule check_science:
 
 
 rule plot_figures:
-    """The nine figures of paper-spec §1.8, from the study and its fits."""
+    """The nine figures of docs/science.md §1.8, from the study and its fits."""
     input:
         study=upstream(rules.combine_study.output.study),
         fits=upstream(rules.fit_study.output.fits),

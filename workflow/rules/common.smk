@@ -44,7 +44,7 @@ FIGURE_MODULES = [
     "observables",
     "two_time",
 ]
-FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
+FIGURE_NAMES = [  # docs/science.md §1.8, in its order; figures.FIGURES draws them
     "loss_curves",
     "power_laws",
     "learning_times",
@@ -54,7 +54,7 @@ FIGURE_NAMES = [  # paper-spec §1.8, in its order; figures.FIGURES draws them
     "aging_msd",
     "aging_collapse",
     "sgd_floor",
-    # beyond the paper (paper-spec Part 2 and §4)
+    # beyond the paper (docs/science.md Part 2 and §4)
     "two_time",
     "sharpness",
     "accuracy",

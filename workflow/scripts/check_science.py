@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def main() -> None:
-    """Write the PASS/FAIL table of paper-spec §6 checks 1-7 and print it."""
+    """Write the PASS/FAIL table of docs/science.md §6 checks 1-7 and print it."""
     fits = io.read_netcdf(snakemake.input.fits, required=checks.FITS_VARIABLES)
     text = checks.table(checks.run_checks(fits), excluded=str(fits.attrs.get("excluded_runs", "none")))
     io.write_text(text, snakemake.output.table)
