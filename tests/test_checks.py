@@ -53,9 +53,9 @@ def fits(**overrides: object) -> xr.Dataset:
             "t_star": (run, np.where((phase == OVER)[..., None], 2e4, np.inf) * np.ones(shape)),
             # the restart test: the floor at eta, eta/2, eta/4 drops and is reached later
             "sgd_floor_measured": ("setting", [0.02, 0.015]),
-            "floor_time": (("setting", "seed"), np.full((2, len(SEEDS)), 1e4)),
+            "floor_time": (("setting", "floor_seed"), np.full((2, len(SEEDS)), 1e4)),
             "restart_floor": ("restart", [0.012, 0.008]),
-            "restart_floor_time": (("restart", "seed"), np.full((2, len(SEEDS)), 5e4)),
+            "restart_floor_time": (("restart", "floor_seed"), np.full((2, len(SEEDS)), 5e4)),
         },
         coords=coords | {"restart": [0.5, 0.25]},
         attrs={"ci": 0.95, "steps": 40000},

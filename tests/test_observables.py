@@ -14,6 +14,7 @@ from bachglass.errors import DataError, ParamsError
 from bachglass.observables import (
     ObservablesConfig,
     combine_runs,
+    divergence_step,
     function_parameters,
     learning_time,
     run_observables,
@@ -398,6 +399,30 @@ def test_diverged_run_is_invalid_not_censored():
     before = ~after & (ds[LAG_COORD] > 0)
     for name in ("msd", "quartic", "y_ratio", "alpha2", "overlap", "cosine", "alpha2_group"):
         assert ds[name].sel(tau_w=10).where(before).notnull().sum() > 5, name
+
+
+def test_a_run_knocked_back_above_its_initial_loss_diverged_there():
+    """The study's divergence criterion is the stability scan's: NaN, or back above the initial loss."""
+    steps = checkpoint_steps()
+    loss = 0.5 + 2.0 / np.sqrt(1.0 + steps)
+    spike = int(steps[np.searchsorted(steps, 300)])
+    knocked = np.where(steps >= spike, 3.0, loss)  # a gradient spike at `spike`: 3 > 2.5 at step 0
+    ds = run_observables(make_trajectory(loss=knocked), CONFIG, PROVENANCE).squeeze()
+    assert ds["diverged"].item() and ds["diverged_step"].item() == spike
+    assert ds.attrs["status"] == "completed"  # the trainer did not stop it; the criterion flags it
+    assert ds["tau"].sel(eps=0.05).isnull()  # not reached before the spike: invalid, not censored
+    assert ds["msd"].where(ds["step"] >= spike).isnull().all()
+    high = np.where(steps >= spike, 2.4, loss)  # high, but below the initial 2.5: not diverged
+    ds = run_observables(make_trajectory(loss=high), CONFIG, PROVENANCE).squeeze()
+    assert not ds["diverged"].item() and ds["diverged_step"].item() == -1
+    np.testing.assert_array_equal(
+        divergence_step(
+            np.array([[1.0, 0.5, 1.5], [1.0, np.nan, 0.2], [1.0, 0.5, 0.2]]),
+            np.array([0, 10, 20]),
+            np.array([-1, 10, -1]),
+        ),
+        [20, 10, -1],
+    )
 
 
 @pytest.mark.parametrize(("sigma", "reached"), [(0.01, True), (1e-6, False)])

@@ -6,6 +6,7 @@ import xarray as xr
 from conftest import make_encoded
 
 from bachglass import checks, figures_sgd, stability, train
+from bachglass.errors import ParamsError
 from bachglass.sgd_floor import FloorConfig, analyse, restart_setting, setting_id, train_setting
 
 TRAIN = {
@@ -90,6 +91,7 @@ def test_kappa_is_recovered_from_floors_that_scale_as_a_power_of_lr_over_b():
     assert out["sgd_floor_kappa"].item() == pytest.approx(kappa, abs=0.05)
     assert out["sgd_floor_kappa_lo"] <= kappa <= out["sgd_floor_kappa_hi"]
     assert out["setting"].values.tolist() == ["lr0.1_B4", "lr0.05_B4", "lr0.025_B4", "lr0.05_B2"]
+    assert out["sgd_floor_run"].dims == ("setting", "floor_seed")  # never merged with the grid's seed
 
 
 def restart_fits(floors_after, parent_floor=0.05, data_floor=0.01):
@@ -110,6 +112,8 @@ def test_the_restart_check_passes_when_the_floor_drops_with_lr_and_fails_when_it
     flat = restart_fits({0.5: 0.05, 0.25: 0.05})  # no SGD floor: the plateau does not move
     assert not checks.restart_test(flat).passed
     assert not checks.restart_test(xr.Dataset()).passed  # not run is no pass
+    with pytest.raises(ParamsError, match=r"sgd_floor\.restart_factors"):
+        restart_setting(xr.Dataset(), synthetic_setting(0.1, 4, 0.05), {}, floor_config(), 0.3, [])
 
 
 def test_stability_scan_flags_a_blow_up_and_counts_unsafe_steps(encoded):

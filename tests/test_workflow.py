@@ -200,7 +200,7 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     assert re.findall(r"Running stage '([^']+)'", log) == ["figures"]
     assert traj.read_bytes() == before
 
-    edit_params(repo, {"train": {"lr": 0.07}})  # the default is 0.1
+    edit_params(repo, {"train": {"lr": 0.07}})  # the default is 0.05
     status = run(["dvc", "status", "--json"], repo).stdout
     stale = set(yaml.safe_load(status))  # DVC lists the stages whose own deps/params changed
     assert stale == TINY_TRAIN_STAGES, stale  # (the re-run itself: tests/test_remotes.py, after a pull)

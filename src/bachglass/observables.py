@@ -77,8 +77,11 @@ ATTRS = {
     "tau_90": ("relaxation time: lag at which the overlap first drops below 0.9 of its start", STEPS),
     "n_parameters": ("number of trainable parameters", "1"),
     "n_parameters_group": ("parameters of the group, a layer's two biases counted once", "1"),
-    "diverged": ("the run stopped on a non-finite loss", "1"),
-    "diverged_step": ("SGD step of the first non-finite loss; -1: did not diverge", STEPS),
+    "diverged": ("the loss became non-finite or went back above its initial value", "1"),
+    "diverged_step": (
+        "SGD step of the first non-finite loss or training loss above the initial one; -1: none",
+        STEPS,
+    ),
     "time": ("training time", EPOCHS),
     "step": ("training time", STEPS),
     "eps": ("learning-time threshold above the data floor", NATS),
@@ -190,22 +193,46 @@ def _check_trajectory(trajectory: xr.Dataset) -> None:
         raise DataError(f"{where}: no {', no '.join(missing)}; re-create it with rule train_run")
 
 
-def _alive(trajectory: xr.Dataset) -> xr.DataArray:
-    """Checkpoints before the divergence (all finite-loss ones for a completed run)."""
+def divergence_step(loss: np.ndarray, step: np.ndarray, nan_step: np.ndarray) -> np.ndarray:
+    """First step at which a run diverged, -1 where it did not (the study's one criterion).
+
+    A run diverged when its loss became NaN (``nan_step`` >= 0, from the trainer) or when its full
+    training-set loss at a checkpoint went back above its value at the first checkpoint (step 0):
+    a net knocked back by a gradient spike. ``loss`` is (..., time) on the checkpoint ``step`` grid,
+    ``nan_step`` the trainer's step per run (...). The stability scan and the study use it both.
+    """
+    never = np.iinfo(np.int64).max
+    with np.errstate(invalid="ignore"):
+        above = np.where(loss > loss[..., :1], step, never).min(-1)
+    first = np.minimum(above, np.where(nan_step >= 0, nan_step, never))
+    return np.where(first < never, first, -1)
+
+
+def _divergence(trajectory: xr.Dataset) -> int:
+    """Return the run's divergence step (-1: none) by :func:`divergence_step`."""
+    nan_step = int(trajectory.attrs["diverged_step"]) if trajectory.attrs["status"] == "diverged" else -1
+    if trajectory.attrs["status"] == "diverged" and nan_step < 0:
+        nan_step = int(trajectory["step"].values[-1])  # stopped on NaN, step unknown: the last checkpoint
+    loss = trajectory["loss"].transpose(..., "time").values.reshape(-1)
+    return int(divergence_step(loss, trajectory["step"].values, np.asarray(nan_step)))
+
+
+def _alive(trajectory: xr.Dataset, diverged_step: int) -> xr.DataArray:
+    """Checkpoints before the divergence (all finite-loss ones for a run that did not diverge)."""
     alive = trajectory["loss"].notnull()
-    if trajectory.attrs["status"] == "diverged" and trajectory.attrs["diverged_step"] >= 0:
-        alive = alive & (trajectory["step"] < trajectory.attrs["diverged_step"])
+    if diverged_step >= 0:
+        alive = alive & (trajectory["step"] < diverged_step)
     return alive
 
 
 def _learning_times(
-    trajectory: xr.Dataset, alive: xr.DataArray, config: ObservablesConfig
+    trajectory: xr.Dataset, alive: xr.DataArray, diverged: bool, config: ObservablesConfig
 ) -> dict[str, xr.DataArray]:
     """``tau`` (SGD steps) and ``tau_epoch``; NaN instead of +inf for a diverged run."""
     smooth = smoothed_loss(trajectory["loss"].where(alive), config.smoothing_decades)
     floor = float(trajectory.attrs["data_floor"])
     out = {name: learning_time(smooth, floor, config.eps, clock) for name, clock in TAU_CLOCKS.items()}
-    if trajectory.attrs["status"] == "diverged":
+    if diverged:
         out = {name: tau.where(np.isfinite(tau)) for name, tau in out.items()}
     return out
 
@@ -238,6 +265,7 @@ def _two_time(
     trajectory: xr.Dataset,
     theta: xr.DataArray,
     alive: xr.DataArray,
+    diverged: bool,
     tau_w: np.ndarray,
     config: ObservablesConfig,
 ) -> dict[str, xr.DataArray]:
@@ -259,7 +287,7 @@ def _two_time(
     out |= {f"{v}_lag": on_lag_grid(out[v], lags, log_values=log) for v, log in LAG_INTERP.items()}
     for name, fraction in RELAXATION.items():
         tau = relaxation_time(pair["overlap"], fraction)
-        out[name] = tau.where(np.isfinite(tau)) if trajectory.attrs["status"] == "diverged" else tau
+        out[name] = tau.where(np.isfinite(tau)) if diverged else tau
     return out
 
 
@@ -294,7 +322,8 @@ def run_observables(
     on the run's dims and checkpoints, measured elsewhere) must share the run's time grid exactly.
     """
     _check_trajectory(trajectory)
-    attrs, step, alive = trajectory.attrs, trajectory["step"], _alive(trajectory)
+    diverged_step = _divergence(trajectory)
+    attrs, step, alive = trajectory.attrs, trajectory["step"], _alive(trajectory, diverged_step)
     tau_w = snap_to_grid(config.tau_w, step.values)
     if tau_w.size == 0:
         raise ParamsError(f"params.yaml: observables.tau_w: all beyond step {int(step[-1])}")
@@ -308,14 +337,12 @@ def run_observables(
                 for v in ("loss", "heldout_loss", "clip_fraction", "grad_norm_max")
                 if v in trajectory
             },
-            **_learning_times(trajectory, alive, config),
-            **_two_time(trajectory, theta, alive, tau_w, config),
+            **_learning_times(trajectory, alive, diverged_step >= 0, config),
+            **_two_time(trajectory, theta, alive, diverged_step >= 0, tau_w, config),
             "n_parameters_group": xr.DataArray(counts, {"group": labels}, "group").expand_dims(run),
             "n_parameters": xr.DataArray(int(attrs["n_parameters"])).expand_dims(run),
-            "diverged": xr.DataArray(attrs["status"] == "diverged").expand_dims(run),
-            "diverged_step": xr.DataArray(
-                int(attrs["diverged_step"]) if attrs["status"] == "diverged" else -1
-            ).expand_dims(run),
+            "diverged": xr.DataArray(diverged_step >= 0).expand_dims(run),
+            "diverged_step": xr.DataArray(diverged_step).expand_dims(run),
         }
     )
     epochs = trajectory["time"].values[np.searchsorted(step.values, tau_w)]

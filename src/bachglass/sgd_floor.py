@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from bachglass import fits
-from bachglass.errors import DataError
+from bachglass.errors import DataError, ParamsError
 
 TRAIN_KEYS = ("cell", "checkpoints_per_decade", "resume_every", "dtype", "device", "temperature")  # of train:
 RESTART_STREAM = 0x52455354  # "REST": a restart's minibatch order is seeded (seed, this, factor index)
@@ -104,10 +104,10 @@ def analyse(
     """Measure the floor per (η, B) with its seed-bootstrap CI, κ with its CI, and the restart test.
 
     Variables (dims ``setting`` for the floor runs, ``restart`` for the restarts):
-    ``sgd_floor_run`` (setting, seed) L_∞ per run; ``sgd_floor_measured`` and its ``_lo``/``_hi``
+    ``sgd_floor_run`` (setting, floor_seed) L_∞ per run; ``sgd_floor_measured`` and its ``_lo``/``_hi``
     bounds (setting); ``sgd_floor_excess`` (over the data floor); ``sgd_floor_kappa`` with
     ``_lo``/``_hi``; ``restart_floor`` (restart) and ``restart_floor_ratio`` (over the parent's);
-    ``floor_time`` (setting / restart, seed): first step with loss ≤ floor_factor × the floor.
+    ``floor_time`` (setting / restart, floor_seed): first step with loss ≤ floor_factor × the floor.
     """
     if not settings:
         raise DataError("sgd_floor: no floor runs; list sgd_floor.settings")
@@ -173,7 +173,7 @@ def analyse(
     if restarts:
         test = _restart_test(restarts, settings[0], floor[0], config, data_floor, floor_factor)
         out = out.merge(test).assign_attrs(restart_step=test.attrs["restart_step"])
-    return out
+    return out.rename(seed="floor_seed")  # not the grid's seeds: its own dim in fits.nc
 
 
 def _restart_test(
@@ -255,6 +255,10 @@ def restart_setting(
     """Continue the parent setting's runs from ``restart_step`` at η × ``factor``; along ``seed``."""
     from bachglass import train
 
+    if factor not in config.restart_factors:
+        raise ParamsError(
+            f"params.yaml: sgd_floor.restart_factors: {factor} is not one of {list(config.restart_factors)}"
+        )
     step = parent["step"].values
     if not 0 < config.restart_step <= step[-1]:
         raise DataError(
@@ -268,7 +272,7 @@ def restart_setting(
     cfg = train.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, **own, pack=len(config.seed))
     seeds = [int(s) for s in parent["seed"].values]
     theta = [parent["theta"].sel(seed=s).isel(time=int(k[0])).values.ravel() for s in seeds]
-    index = list(config.restart_factors).index(factor) if factor in config.restart_factors else 0
+    index = list(config.restart_factors).index(factor)  # its own minibatch stream
     origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k[0]])}"
     start = train.Start(theta=theta, stream=RESTART_STREAM + index, origin=origin)
     runs = train.train_runs(encoded, config.depth, config.width, seeds, cfg, checkpoints, start=start)

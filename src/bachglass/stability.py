@@ -12,9 +12,10 @@ any clipping for as long as the study's own runs and records, per run:
 - λ_max at log-spaced checkpoints, to compare with 2/η.
 
 All learning rates and seeds of one (depth, width, B) train as one batched ensemble
-(:class:`~bachglass.ensemble.EnsembleEngine`): each member its own θ, η, minibatch order and
-divergence. The update θ ← θ − η_m g is the one of :meth:`bachglass.train.Ensemble.update` without a
-clip, with η per member.
+(:class:`~bachglass.ensemble.EnsembleEngine`): each member its own θ, η and divergence; the
+members of one seed share that seed's initialisation and minibatch order, so the runs of one seed
+differ in η only. The update θ ← θ − η_m g is the one of :meth:`bachglass.train.Ensemble.update`
+without a clip, with η per member.
 """
 
 import logging
@@ -26,12 +27,20 @@ import numpy as np
 import torch
 import xarray as xr
 
-from bachglass import io, model, probes, train
+from bachglass import io, model, observables, probes, train
 from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
 
-MODULES = ("model", "ensemble", "train", "probes", "stability")  # code whose hash goes into the provenance
+MODULES = (
+    "model",
+    "ensemble",
+    "train",
+    "probes",
+    "observables",
+    "two_time",
+    "stability",
+)  # code whose hash goes into the provenance
 F64 = torch.float64
 VARIABLES = {  # name: (dims, long_name, units)
     "loss": (("time",), "training cross-entropy (full training set)", "nat per note"),
@@ -197,12 +206,7 @@ def _dataset(
             {"long_name": long_name, "units": units},
         )
     loss = out["loss"].reshape(n_lr, n_seed, len(grid))
-    above = np.where(loss > loss[..., :1], grid, np.iinfo(np.int64).max).min(-1)  # back above its start
-    nan_step = np.where(
-        nan_step.reshape(n_lr, n_seed) >= 0, nan_step.reshape(n_lr, n_seed), np.iinfo(np.int64).max
-    )
-    step = np.minimum(above, nan_step)
-    diverged_step = np.where(step < np.iinfo(np.int64).max, step, -1)
+    diverged_step = observables.divergence_step(loss, grid, nan_step.reshape(n_lr, n_seed))
     data["diverged_step"] = (
         ("depth", "width", "batch_size", "lr", "seed"),
         diverged_step.reshape(shape),
