@@ -203,7 +203,7 @@ def test_a_diverging_run_stops_is_masked_and_left_out_and_the_study_completes(tm
         f"left out of every fit: {'; '.join(excluded)}" in (repo / "results/logs/fit_study.log").read_text()
     )
     table = (repo / "results/science_checks.md").read_text()
-    assert f"Left out of every fit (the loss became non-finite): {'; '.join(excluded)}." in table
+    assert f"Left out of every fit (diverged): {'; '.join(excluded)}." in table
     assert all((repo / f"results/figures/{name}.png").stat().st_size > 0 for name in figures.FIGURES)
 
 

@@ -229,7 +229,7 @@ def test_fit_study_names_the_diverged_run_it_left_out(study, caplog):
     assert "1 runs diverged and are left out of every fit: d2_w24_s1 (diverged at step 3000)" in caplog.text
     assert metrics(result)["excluded_runs"] == ["d2_w24_s1 (diverged at step 3000)"]
     assert checks.table([], result.attrs["excluded_runs"]).endswith(
-        "Left out of every fit (the loss became non-finite): d2_w24_s1 (diverged at step 3000).\n"
+        "Left out of every fit (diverged): d2_w24_s1 (diverged at step 3000).\n"
     )
     clean = fit_study(study.assign(diverged=study["diverged"] & False), CONFIG, smoothing_decades=0.1)
     assert clean.attrs["excluded_runs"] == "none" and metrics(clean)["excluded_runs"] == []

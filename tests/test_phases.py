@@ -250,3 +250,15 @@ def test_accuracy_with_wrong_dims_is_a_data_error_naming_it():
     study = make_study({(1, 8): ([0.5] * 7, [0.5] * 7)}).isel(seed=0)
     with pytest.raises(DataError, match=re.escape("results/study.nc: accuracy has dims")):
         generalisation_phases(study, CONFIG)
+
+
+def test_a_knocked_back_run_counts_only_its_accuracies_before_the_divergence():
+    late = ([0.1, 0.3, 0.5, 0.6, 0.95, 0.95, 0.95], [0.1, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6])  # train at 5000
+    study = make_study({(1, 8): late})
+    step = study["step"].values
+    study["diverged"] = (("depth", "width", "seed"), np.array([[[False, True]]]))
+    study["diverged_step"] = (("depth", "width", "seed"), np.array([[[-1, int(step[3])]]]))
+    out = generalisation_phases(study, CONFIG).sel(depth=1, width=8)
+    # seed 1 went above its initial loss before reaching 0.9: its later accuracy does not count
+    assert out["run_t_train"].values.tolist() == [float(step[4]), np.inf]
+    assert out["run_generalisation_phase"].values.tolist()[1] == UNDETERMINED

@@ -278,5 +278,5 @@ def table(checks: list[Check], excluded: str = "none") -> str:
     rows = ["| # | claim (paper) | criterion | measured | result |", "|---|---|---|---|---|"]
     rows += [f"| {c.number} | {c.claim} | {c.criterion} | {c.measured} | **{c.verdict}** |" for c in checks]
     if excluded != "none":
-        rows += ["", f"Left out of every fit (the loss became non-finite): {excluded}."]
+        rows += ["", f"Left out of every fit (diverged): {excluded}."]
     return "\n".join(rows) + "\n"

@@ -78,7 +78,11 @@ def _loss_panel(ax: Axes, study: xr.Dataset, fits: xr.Dataset, depth: int, width
             ax.plot(step, curve, color=colour, lw=0.5, alpha=0.4)
             last = np.flatnonzero(np.isfinite(curve))
             if flags.sel(depth=depth, width=width).values[seed] and last.size:
-                ax.plot(step[last[-1]], curve[last[-1]], "x", color="0.15", ms=7, mew=1.5)
+                at = last[-1]  # NaN: its last finite loss; knocked back: where it went above its start
+                if "diverged_step" in study:
+                    first = int(study["diverged_step"].sel(depth=depth, width=width).values[seed])
+                    at = min(at, int(np.searchsorted(step, first))) if first >= 0 else at
+                ax.plot(step[at], curve[at], "x", color="0.15", ms=7, mew=1.5)
         ax.plot(step, nanmedian(runs, axis=0), color=colour, lw=1.6, alpha=0.8)
         t, fit = _median_fit(step, runs, fits.sel(depth=depth, width=width), start)
         ax.plot(t, fit, color=colour, lw=1.3, ls=(0, (4, 2)), path_effects=HALO)

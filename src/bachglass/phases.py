@@ -12,10 +12,11 @@ held-out accuracy reaches ``heldout_fraction`` x the best final held-out accurac
   reached; held-out without train does not occur in their setup, and a net that does not fit its
   training set has neither memorised it nor understood it, so it is confusion here too (logged).
 
-A diverged run (NaN accuracy from some step on, or ``diverged`` set) is left out of the seed mean;
-on its own it is ``undetermined`` when it did not reach a threshold before diverging (it might have
-later), and classified as usual when it reached both. Without held-out chorales every phase is
-``undetermined``.
+A diverged run (NaN accuracy from some step on, or ``diverged`` set: NaN, or knocked back above its
+initial loss at ``diverged_step``) is left out of the seed mean; on its own only its accuracies
+before the divergence count: it is ``undetermined`` when it did not reach a threshold before
+diverging (it might have later), and classified as usual when it reached both. Without held-out
+chorales every phase is ``undetermined``.
 """
 
 import logging
@@ -116,6 +117,9 @@ def generalisation_phases(
     merge into ``fits.nc``.
     """
     train, heldout = _accuracies(study, source)
+    if "diverged_step" in study:  # a run knocked back keeps its accuracies; they count until then
+        after = (study["diverged_step"] >= 0) & (study["step"] >= study["diverged_step"])
+        train, heldout = train.where(~after), heldout.where(~after)
     measured = heldout.notnull().any()  # 0-d; False without held-out chorales
     if not measured:
         log.warning(
