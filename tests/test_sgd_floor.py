@@ -1,5 +1,7 @@
 """The SGD floor runs, the κ fit, the restart test (check 7) and the stability scan, on small cases."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -7,7 +9,8 @@ from conftest import make_encoded
 
 from bachglass import checks, figures_sgd, stability, train
 from bachglass.errors import ParamsError
-from bachglass.sgd_floor import FloorConfig, analyse, restart_setting, setting_id, train_setting
+from bachglass.floor_runs import restart_setting, setting_id, train_setting
+from bachglass.sgd_floor import FloorConfig, analyse
 
 TRAIN = {
     "cell": "rnn_tanh",
@@ -41,7 +44,7 @@ def encoded():
 
 def test_floor_runs_are_the_study_trainer_unclipped_along_seed(encoded):
     config = floor_config()
-    runs = train_setting(encoded, TRAIN, config, 0.2, 2, [None, None])
+    runs = train_setting(encoded, TRAIN, asdict(config), 0.2, 2, [None, None])
     assert runs["loss"].dims[:1] == ("seed",) and runs["seed"].values.tolist() == [0, 1]
     assert runs.attrs["lr"] == 0.2 and runs.attrs["batch_size"] == 2 and runs.attrs["clip_norm"] == "none"
     # the same run as the trainer gives on its own (pack of the two seeds)
@@ -53,8 +56,8 @@ def test_floor_runs_are_the_study_trainer_unclipped_along_seed(encoded):
 
 def test_a_restart_continues_the_parent_from_its_snapshot_at_the_new_lr(encoded):
     config = floor_config()
-    parent = train_setting(encoded, TRAIN, config, 0.2, 2, [None, None])
-    restart = restart_setting(encoded, parent, TRAIN, config, 0.5, [None, None])
+    parent = train_setting(encoded, TRAIN, asdict(config), 0.2, 2, [None, None])
+    restart = restart_setting(encoded, parent, TRAIN, asdict(config), 0.5, [None, None])
     k = int(np.flatnonzero(parent["step"].values == restart.attrs["restart_step"])[0])
     assert restart.attrs["restart_step"] == 100 and restart.attrs["lr"] == pytest.approx(0.1)
     # step 0 of the restart is the parent's state at the restart step: same θ, same full-set loss
@@ -113,7 +116,7 @@ def test_the_restart_check_passes_when_the_floor_drops_with_lr_and_fails_when_it
     assert not checks.restart_test(flat).passed
     assert not checks.restart_test(xr.Dataset()).passed  # not run is no pass
     with pytest.raises(ParamsError, match=r"sgd_floor\.restart_factors"):
-        restart_setting(xr.Dataset(), synthetic_setting(0.1, 4, 0.05), {}, floor_config(), 0.3, [])
+        restart_setting(xr.Dataset(), synthetic_setting(0.1, 4, 0.05), {}, asdict(floor_config()), 0.3, [])
 
 
 def test_stability_scan_flags_a_blow_up_and_counts_unsafe_steps(encoded):
@@ -148,3 +151,23 @@ def test_floor_figure_plots_the_measured_floors_and_the_restarts():
     np.testing.assert_allclose(
         fig.axes[1].lines[0].get_ydata(), [fits["sgd_floor_measured"][0], 0.03], rtol=0.02
     )
+
+
+def test_a_floor_run_knocked_back_above_its_initial_loss_has_no_floor():
+    runs = synthetic_setting(0.1, 4, 0.05)
+    step = runs["step"].values
+    spike = (runs["seed"] == 1) & (runs["step"] >= 30000)
+    runs["loss"] = runs["loss"].where(~spike, 600.0)  # above its initial 500: diverged at 3e4
+    config = floor_config(settings=[{"lr": 0.1, "batch_size": 4}], window_start=3000)
+    out = analyse([runs], [], config, n_boot=50, ci=0.95, seed=0, floor_factor=2.0)
+    assert out["sgd_floor_run_diverged"].values.tolist() == [[False, True, False]]
+    assert np.isnan(out["sgd_floor_run"].values[0, 1]) and np.isnan(out["floor_time"].values[0, 1])
+    assert out["sgd_floor_measured"].item() == pytest.approx(0.05, rel=0.05)  # the other two seeds
+    # a restart starts at its parent's late loss: noise above that start is not a divergence, only a
+    # loss above the net's initial loss is
+    restart = synthetic_setting(0.05, 4, 0.03, steps=step, attrs={"restart_step": 40000})
+    restart["loss"] = xr.full_like(restart["loss"], 0.03).where(restart["step"] < 5e4, 0.031)
+    out = analyse(
+        [synthetic_setting(0.1, 4, 0.05)], [restart], config, n_boot=20, ci=0.95, seed=0, floor_factor=2
+    )
+    assert not out["restart_diverged"].any()

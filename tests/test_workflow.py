@@ -11,7 +11,7 @@ import xarray as xr
 import yaml
 from workflow_helpers import ROOT, TINY_TRAIN_STAGES, copy_project, edit_params, run
 
-from bachglass import adaptive, figures, sgd_floor
+from bachglass import adaptive, figures, floor_runs
 
 pytestmark = pytest.mark.slow
 SMK = ["snakemake", "--cores", "2"]
@@ -104,8 +104,11 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
         "langevin_study": {"langevin.depth", "langevin.width", "langevin.seed", "langevin.temperature"},
         "stability": {"stability", "train.cell", "train.dtype", "train.device"},
         **{
-            stage: {"sgd_floor", *(f"train.{k}" for k in sgd_floor.TRAIN_KEYS)}
-            for stage in ("train_floor", "restart_floor")
+            stage: {*(f"sgd_floor.{k}" for k in keys), *(f"train.{k}" for k in floor_runs.TRAIN_KEYS)}
+            for stage, keys in (
+                ("train_floor", floor_runs.SETTING_KEYS),
+                ("restart_floor", floor_runs.RESTART_KEYS),
+            )
         },
         "stability_study": {"stability.depth", "stability.width", "stability.batch_size"},
         "fits": {"fits", "observables", "phases", "sgd_floor"},

@@ -11,8 +11,13 @@ The restart test: the runs of the first setting are continued from step ``restar
 η/4, ... (same B, each its own minibatch order). If the floor is set by SGD noise it drops with η,
 and the time at which the loss comes within ``floor_factor`` of it (where aging is said to break
 down) moves with it.
+
+A floor run that diverged (NaN loss, or its loss back above the initial loss of the net, by
+:func:`bachglass.observables.divergence_step`) has no floor: it is left out (``*_diverged``) and
+the medians run over the other seeds. The runs are trained by :mod:`bachglass.floor_runs`.
 """
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +26,9 @@ import numpy as np
 import xarray as xr
 
 from bachglass import fits
-from bachglass.errors import DataError, ParamsError
-
-TRAIN_KEYS = ("cell", "checkpoints_per_decade", "resume_every", "dtype", "device", "temperature")  # of train:
-RESTART_STREAM = 0x52455354  # "REST": a restart's minibatch order is seeded (seed, this, factor index)
+from bachglass.errors import DataError
+from bachglass.floor_runs import setting_id
+from bachglass.observables import divergence_step
 
 
 @dataclass(frozen=True)
@@ -43,25 +47,24 @@ class FloorConfig:
     restart_steps: int
 
 
-def setting_id(lr: float, batch_size: int) -> str:
-    """File stem of one (η, B) setting: ``lr0.1_B4`` (str of the float, as DVC's templating writes it)."""
-    return f"lr{float(lr)}_B{int(batch_size)}"
+def diverged(runs: xr.Dataset, initial: np.ndarray | None = None) -> xr.DataArray:
+    """Per seed: the run diverged (NaN loss, or a loss above ``initial``, the net's loss at step 0).
+
+    ``initial`` defaults to the run's own first checkpoint; a restart passes its parent's (its own
+    start is the parent's late loss, which minibatch noise alone may exceed).
+    """
+    loss = runs["loss"].transpose("seed", ...).values.reshape(runs.sizes["seed"], -1)
+    step = runs["step"].values
+    bad = ~np.isfinite(loss)
+    nan_step = np.where(bad.any(1), step[bad.argmax(1)], -1)
+    start = loss[:, :1] if initial is None else np.asarray(initial, float).reshape(-1, 1)
+    first = divergence_step(np.concatenate([start, loss], 1), np.concatenate([step[:1], step]), nan_step)
+    return xr.DataArray(first >= 0, coords={"seed": runs["seed"].values}, dims="seed")
 
 
-def combine_seeds(trajectories: Sequence[xr.Dataset]) -> xr.Dataset:
-    """One setting's runs (trajectories of one (depth, width)) along ``seed``, with their training attrs."""
-    if not trajectories:
-        raise DataError("sgd_floor: no run to combine; list sgd_floor.seed")
-    runs = [t.squeeze(("depth", "width"), drop=False) for t in trajectories]
-    out = xr.concat(
-        runs,
-        dim="seed",
-        data_vars="minimal",
-        coords="minimal",
-        compat="override",
-        combine_attrs="drop_conflicts",
-    )
-    return out
+def _without(runs: xr.Dataset, flags: xr.DataArray) -> xr.Dataset:
+    """Blank the loss of the diverged runs (all NaN): they have no floor and no floor time."""
+    return runs.assign(loss=runs["loss"].where(~flags))
 
 
 def floor_of(runs: xr.Dataset, window_start: int, floor: float) -> xr.DataArray:
@@ -81,7 +84,8 @@ def floor_time(runs: xr.Dataset, level: float) -> xr.DataArray:
     first = below.argmax("time")
     step = runs["step"].values
     times = np.where(below.any("time").values, step[first.values.ravel()], np.inf)
-    return xr.DataArray(times.reshape(first.shape), coords=first.coords, dims=first.dims)
+    out = xr.DataArray(times.reshape(first.shape), coords=first.coords, dims=first.dims)
+    return out.where(loss.notnull().any("time"))  # a run without a loss (diverged): NaN, not never
 
 
 def kappa_fit(ratio: np.ndarray, excess: np.ndarray) -> float:
@@ -114,14 +118,18 @@ def analyse(
     data_floor = float(settings[0].attrs["data_floor"])
     lrs = np.array([float(s.attrs["lr"]) for s in settings])
     batches = np.array([int(s.attrs["batch_size"]) for s in settings])
+    flags = [diverged(s) for s in settings]
+    settings = [_without(s, f) for s, f in zip(settings, flags, strict=True)]
     per_run = xr.concat([floor_of(s, config.window_start, data_floor) for s in settings], dim="setting")
     seeds = per_run["seed"].values
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(seeds), size=(n_boot, len(settings), len(seeds)))
     values = per_run.values  # (setting, seed)
-    boot = np.nanmedian(np.take_along_axis(values[None], draws, axis=2), axis=2)  # (boot, setting)
-    floor = np.nanmedian(values, axis=1)
-    lo, hi = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    with warnings.catch_warnings():  # a replica of diverged seeds only has no floor: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = np.nanmedian(np.take_along_axis(values[None], draws, axis=2), axis=2)  # (boot, setting)
+        floor = np.nanmedian(values, axis=1)
+        lo, hi = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
     ratio = lrs / batches
     kappa = kappa_fit(ratio, floor - data_floor)
     boot_kappa = np.array([kappa_fit(ratio, b - data_floor) for b in boot])
@@ -150,6 +158,12 @@ def analyse(
                 hi, f"upper end of the {ci:.0%} seed-bootstrap interval of the floor"
             ),
             "sgd_floor_excess": var(floor - data_floor, "SGD floor above the data floor"),
+            "sgd_floor_run_diverged": var(
+                xr.concat(flags, "setting").values,
+                "the run diverged (NaN, or above its initial loss): no floor",
+                ("setting", "seed"),
+                "1",
+            ),
             "sgd_floor_kappa": var(kappa, "exponent kappa of L_SGD - data floor ∝ (η/B)^kappa", (), "1"),
             "sgd_floor_kappa_lo": var(k_lo, f"lower end of the {ci:.0%} interval of kappa", (), "1"),
             "sgd_floor_kappa_hi": var(k_hi, f"upper end of the {ci:.0%} interval of kappa", (), "1"),
@@ -186,10 +200,13 @@ def _restart_test(
 ) -> xr.Dataset:
     """Floor of each restart (η·f) against its parent's, and when each comes within floor_factor of it."""
     factors = np.array([float(r.attrs["lr"]) / float(parent.attrs["lr"]) for r in restarts])
+    initial = parent["loss"].transpose("seed", ...).values.reshape(parent.sizes["seed"], -1)[:, 0]
+    flags = [diverged(r, initial) for r in restarts]
+    restarts = [_without(r, f) for r, f in zip(restarts, flags, strict=True)]
     floors = np.array([np.nanmedian(floor_of(r, config.window_start, data_floor).values) for r in restarts])
     times = np.array(
         [
-            floor_time(r, floor_factor * f).values + config.restart_step
+            floor_time(r, floor_factor * f).values + int(r.attrs["restart_step"])
             for r, f in zip(restarts, floors, strict=True)
         ]
     )
@@ -206,6 +223,11 @@ def _restart_test(
                 floors / parent_floor,
                 {"long_name": "restart floor over the parent's", "units": "1"},
             ),
+            "restart_diverged": (
+                ("restart", "seed"),
+                xr.concat(flags, "restart").values,
+                {"long_name": "the restart diverged (NaN, or above the net's initial loss)", "units": "1"},
+            ),
             "restart_floor_time": (
                 ("restart", "seed"),
                 times,
@@ -219,64 +241,6 @@ def _restart_test(
         coords=coords,
         attrs={"restart_step": int(restarts[0].attrs["restart_step"])},
     )
-
-
-def train_setting(
-    encoded: xr.Dataset,
-    train_params: dict[str, Any],
-    config: FloorConfig,
-    lr: float,
-    batch_size: int,
-    checkpoints: list[Any],
-) -> xr.Dataset:
-    """Train the floor runs of one (η, B), unclipped, as one batched model; along ``seed``."""
-    from bachglass import train  # torch: only the training steps need it
-
-    own = {
-        "lr": lr,
-        "batch_size": batch_size,
-        "steps": config.steps,
-        "clip_norm": None,
-        "pack": len(config.seed),
-    }
-    cfg = train.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, **own)
-    runs = train.train_runs(encoded, config.depth, config.width, list(config.seed), cfg, checkpoints)
-    return combine_seeds(runs)
-
-
-def restart_setting(
-    encoded: xr.Dataset,
-    parent: xr.Dataset,
-    train_params: dict[str, Any],
-    config: FloorConfig,
-    factor: float,
-    checkpoints: list[Any],
-) -> xr.Dataset:
-    """Continue the parent setting's runs from ``restart_step`` at η × ``factor``; along ``seed``."""
-    from bachglass import train
-
-    if factor not in config.restart_factors:
-        raise ParamsError(
-            f"params.yaml: sgd_floor.restart_factors: {factor} is not one of {list(config.restart_factors)}"
-        )
-    step = parent["step"].values
-    if not 0 < config.restart_step <= step[-1]:
-        raise DataError(
-            f"sgd_floor.restart_step: {config.restart_step} is not within the floor runs' 1..{step[-1]}"
-        )
-    k = [
-        int(np.abs(np.log(np.maximum(step, 1)) - np.log(config.restart_step)).argmin())
-    ]  # nearest checkpoint
-    lr, batch_size = float(parent.attrs["lr"]) * factor, int(parent.attrs["batch_size"])
-    own = {"lr": lr, "batch_size": batch_size, "steps": config.restart_steps, "clip_norm": None}
-    cfg = train.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, **own, pack=len(config.seed))
-    seeds = [int(s) for s in parent["seed"].values]
-    theta = [parent["theta"].sel(seed=s).isel(time=int(k[0])).values.ravel() for s in seeds]
-    index = list(config.restart_factors).index(factor)  # its own minibatch stream
-    origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k[0]])}"
-    start = train.Start(theta=theta, stream=RESTART_STREAM + index, origin=origin)
-    runs = train.train_runs(encoded, config.depth, config.width, seeds, cfg, checkpoints, start=start)
-    return combine_seeds(runs).assign_attrs(restart_step=int(step[k[0]]), restart_factor=float(factor))
 
 
 def at_setting(floor: xr.Dataset | None, lr: Any, batch_size: Any) -> float | None:

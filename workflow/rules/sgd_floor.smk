@@ -1,15 +1,17 @@
 # The SGD floor: the widest nets trained long, unclipped, at several (lr, batch size) (params.yaml
 # sgd_floor:), and the restart test of check 7 (the first setting's runs continued at lr x factor).
-# Of the train section they take only what is not theirs (lr, batch size, steps and clip are).
+# Of the train section they take only what is not theirs (lr, batch size, steps and clip are); of
+# sgd_floor only what decides the training (an edit of the fit window re-trains nothing).
 
-from bachglass.sgd_floor import TRAIN_KEYS as FLOOR_TRAIN_KEYS
+from bachglass.floor_runs import RESTART_KEYS, SETTING_KEYS
+from bachglass.floor_runs import TRAIN_KEYS as FLOOR_TRAIN_KEYS
 
 
 rule train_floor:
     """The floor runs of one (lr, batch size): every seed of sgd_floor as one batched model."""
     input:
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "train", "sgd_floor", "fits"),
+        code=code("model", "ensemble", "train", "floor_runs"),
     output:
         runs=f"{FLOOR}/{FLOOR_ID}.nc",
     log:
@@ -20,7 +22,7 @@ rule train_floor:
         "../../envs/torch.yaml"
     threads: 1
     params:
-        sgd_floor=config["sgd_floor"],
+        sgd_floor={key: config["sgd_floor"][key] for key in SETTING_KEYS},
         train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
     script:
         "../scripts/floor_runs.py"
@@ -31,7 +33,7 @@ rule restart_floor:
     input:
         parent=upstream(floor_parent()),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "train", "sgd_floor", "fits"),
+        code=code("model", "ensemble", "train", "floor_runs"),
     output:
         runs=f"{FLOOR}/restart_x{{factor}}.nc",
     log:
@@ -42,7 +44,7 @@ rule restart_floor:
         "../../envs/torch.yaml"
     threads: 1
     params:
-        sgd_floor=config["sgd_floor"],
+        sgd_floor={key: config["sgd_floor"][key] for key in RESTART_KEYS},
         train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
     script:
         "../scripts/floor_runs.py"

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bachglass import io, sgd_floor, train
+from bachglass import floor_runs, io, train
 from bachglass.errors import run_step
 
 if TYPE_CHECKING:
@@ -15,18 +15,18 @@ if TYPE_CHECKING:
 def main() -> None:
     """Train, write the runs along ``seed``; the resumable checkpoints go once the file is written."""
     torch.set_num_threads(snakemake.threads)
-    config = sgd_floor.FloorConfig(**snakemake.params.sgd_floor)
+    runs = snakemake.params.sgd_floor  # floor_runs.SETTING_KEYS or RESTART_KEYS of sgd_floor
     output = Path(snakemake.output.runs)
-    checkpoints = [output.with_name(f"{output.stem}.s{seed}.ckpt.pt") for seed in config.seed]
+    checkpoints = [output.with_name(f"{output.stem}.s{seed}.ckpt.pt") for seed in runs["seed"]]
     encoded = io.read_netcdf(snakemake.input.encoded, required=train.ENCODED_VARIABLES)
     if hasattr(snakemake.input, "parent"):  # restart_floor: the first setting's runs at lr x factor
         parent = io.read_netcdf(snakemake.input.parent[0], required=["theta", "loss"])
         factor = float(snakemake.wildcards.factor)
-        runs = sgd_floor.restart_setting(encoded, parent, snakemake.params.train, config, factor, checkpoints)
+        out = floor_runs.restart_setting(encoded, parent, snakemake.params.train, runs, factor, checkpoints)
     else:
         lr, batch_size = float(snakemake.wildcards.lr), int(snakemake.wildcards.batch)
-        runs = sgd_floor.train_setting(encoded, snakemake.params.train, config, lr, batch_size, checkpoints)
-    io.write_netcdf(runs, output)
+        out = floor_runs.train_setting(encoded, snakemake.params.train, runs, lr, batch_size, checkpoints)
+    io.write_netcdf(out, output)
     for checkpoint in checkpoints:
         train.remove_checkpoint(checkpoint)
 

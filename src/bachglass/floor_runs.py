@@ -1,0 +1,100 @@
+"""Training the SGD-floor runs: the widest net at one (η, B), and the restarts at η × f.
+
+The training side of :mod:`bachglass.sgd_floor` (which measures the floor and κ from these files).
+It reads only the keys of ``sgd_floor`` that decide what is trained (:data:`SETTING_KEYS`,
+:data:`RESTART_KEYS`), so an edit of the analysis (the fit window, say) re-trains nothing. Every
+run is unclipped: the floor is a property of plain SGD.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from bachglass.errors import DataError, ParamsError
+
+TRAIN_KEYS = ("cell", "checkpoints_per_decade", "resume_every", "dtype", "device", "temperature")  # of train:
+SETTING_KEYS = ("depth", "width", "seed", "steps")  # of sgd_floor: what a floor setting's runs read
+RESTART_KEYS = (
+    "depth",
+    "width",
+    "seed",
+    "restart_step",
+    "restart_factors",
+    "restart_steps",
+)  # ... a restart's
+RESTART_STREAM = 0x52455354  # "REST": a restart's minibatch order is seeded (seed, this, factor index)
+
+
+def setting_id(lr: float, batch_size: int) -> str:
+    """File stem of one (η, B) setting: ``lr0.1_B4`` (str of the float, as DVC's templating writes it)."""
+    return f"lr{float(lr)}_B{int(batch_size)}"
+
+
+def combine_seeds(trajectories: Sequence[xr.Dataset]) -> xr.Dataset:
+    """One setting's runs (trajectories of one (depth, width)) along ``seed``, with their training attrs."""
+    if not trajectories:
+        raise DataError("sgd_floor: no run to combine; list sgd_floor.seed")
+    runs = [t.squeeze(("depth", "width"), drop=False) for t in trajectories]
+    return xr.concat(
+        runs,
+        dim="seed",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        combine_attrs="drop_conflicts",
+    )
+
+
+def _config(train_params: dict[str, Any], **own: Any) -> Any:
+    """Build the trainer's config: the study's :data:`TRAIN_KEYS`, then the floor run's own."""
+    from bachglass import train  # torch: only the training steps need it
+
+    return train.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, clip_norm=None, **own)
+
+
+def train_setting(
+    encoded: xr.Dataset,
+    train_params: dict[str, Any],
+    runs: dict[str, Any],
+    lr: float,
+    batch_size: int,
+    checkpoints: list[Any],
+) -> xr.Dataset:
+    """Train the floor runs of one (η, B) (``runs``: :data:`SETTING_KEYS`) as one batched model."""
+    from bachglass import train
+
+    seeds = list(runs["seed"])
+    cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["steps"], pack=len(seeds))
+    return combine_seeds(train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints))
+
+
+def restart_setting(
+    encoded: xr.Dataset,
+    parent: xr.Dataset,
+    train_params: dict[str, Any],
+    runs: dict[str, Any],
+    factor: float,
+    checkpoints: list[Any],
+) -> xr.Dataset:
+    """Continue the parent's runs from ``restart_step`` at η × ``factor`` (``runs``: :data:`RESTART_KEYS`)."""
+    from bachglass import train
+
+    factors = list(runs["restart_factors"])
+    if factor not in factors:
+        raise ParamsError(f"params.yaml: sgd_floor.restart_factors: {factor} is not one of {factors}")
+    step = parent["step"].values
+    if not 0 < runs["restart_step"] <= step[-1]:
+        raise DataError(
+            f"sgd_floor.restart_step: {runs['restart_step']} is not within the floor runs' 1..{step[-1]}"
+        )
+    k = int(np.abs(np.log(np.maximum(step, 1)) - np.log(runs["restart_step"])).argmin())  # nearest checkpoint
+    lr, batch_size = float(parent.attrs["lr"]) * factor, int(parent.attrs["batch_size"])
+    seeds = [int(s) for s in parent["seed"].values]
+    cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["restart_steps"], pack=len(seeds))
+    theta = [parent["theta"].sel(seed=s).isel(time=k).values.ravel() for s in seeds]
+    origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k])}"
+    start = train.Start(theta=theta, stream=RESTART_STREAM + factors.index(factor), origin=origin)
+    restarted = train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints, start=start)
+    return combine_seeds(restarted).assign_attrs(restart_step=int(step[k]), restart_factor=float(factor))
