@@ -9,7 +9,7 @@ from conftest import make_encoded
 
 from bachglass import checks, figures_sgd, stability, train
 from bachglass.errors import ParamsError
-from bachglass.floor_runs import restart_setting, setting_id, train_setting
+from bachglass.floor_runs import RESTART_KEYS, SETTING_KEYS, restart_setting, setting_id, train_setting
 from bachglass.sgd_floor import FloorConfig, analyse
 
 TRAIN = {
@@ -37,6 +37,11 @@ def floor_config(**overrides):
     return FloorConfig(**(base | overrides))
 
 
+def only(config, keys):
+    """The keys of sgd_floor a training rule passes (floor_runs reads no other)."""
+    return {k: v for k, v in asdict(config).items() if k in keys}
+
+
 @pytest.fixture(scope="module")
 def encoded():
     return make_encoded(n_chorales=4, length=10)
@@ -44,7 +49,7 @@ def encoded():
 
 def test_floor_runs_are_the_study_trainer_unclipped_along_seed(encoded):
     config = floor_config()
-    runs = train_setting(encoded, TRAIN, asdict(config), 0.2, 2, [None, None])
+    runs = train_setting(encoded, TRAIN, only(config, SETTING_KEYS), 0.2, 2, [None, None])
     assert runs["loss"].dims[:1] == ("seed",) and runs["seed"].values.tolist() == [0, 1]
     assert runs.attrs["lr"] == 0.2 and runs.attrs["batch_size"] == 2 and runs.attrs["clip_norm"] == "none"
     # the same run as the trainer gives on its own (pack of the two seeds)
@@ -56,8 +61,8 @@ def test_floor_runs_are_the_study_trainer_unclipped_along_seed(encoded):
 
 def test_a_restart_continues_the_parent_from_its_snapshot_at_the_new_lr(encoded):
     config = floor_config()
-    parent = train_setting(encoded, TRAIN, asdict(config), 0.2, 2, [None, None])
-    restart = restart_setting(encoded, parent, TRAIN, asdict(config), 0.5, [None, None])
+    parent = train_setting(encoded, TRAIN, only(config, SETTING_KEYS), 0.2, 2, [None, None])
+    restart = restart_setting(encoded, parent, TRAIN, only(config, RESTART_KEYS), 0.5, [None, None])
     k = int(np.flatnonzero(parent["step"].values == restart.attrs["restart_step"])[0])
     assert restart.attrs["restart_step"] == 100 and restart.attrs["lr"] == pytest.approx(0.1)
     # step 0 of the restart is the parent's state at the restart step: same θ, same full-set loss
@@ -116,7 +121,9 @@ def test_the_restart_check_passes_when_the_floor_drops_with_lr_and_fails_when_it
     assert not checks.restart_test(flat).passed
     assert not checks.restart_test(xr.Dataset()).passed  # not run is no pass
     with pytest.raises(ParamsError, match=r"sgd_floor\.restart_factors"):
-        restart_setting(xr.Dataset(), synthetic_setting(0.1, 4, 0.05), {}, asdict(floor_config()), 0.3, [])
+        restart_setting(
+            xr.Dataset(), synthetic_setting(0.1, 4, 0.05), {}, only(floor_config(), RESTART_KEYS), 0.3, []
+        )
 
 
 def test_stability_scan_flags_a_blow_up_and_counts_unsafe_steps(encoded):
@@ -171,3 +178,9 @@ def test_a_floor_run_knocked_back_above_its_initial_loss_has_no_floor():
         [synthetic_setting(0.1, 4, 0.05)], [restart], config, n_boot=20, ci=0.95, seed=0, floor_factor=2
     )
     assert not out["restart_diverged"].any()
+    # a restart above the net's initial loss diverged, also when its parent seed had (judged on the
+    # parent as trained, not as left out)
+    restart["loss"] = restart["loss"].where(restart["seed"] != 1, 600.0)
+    out = analyse([runs], [restart], config, n_boot=20, ci=0.95, seed=0, floor_factor=2)
+    assert out["restart_diverged"].values.tolist() == [[False, True, False]]
+    assert out["restart_floor"].item() == pytest.approx(0.03, rel=0.01)  # the two that did not

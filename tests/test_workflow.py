@@ -209,6 +209,11 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     assert stale == TINY_TRAIN_STAGES, stale  # (the re-run itself: tests/test_remotes.py, after a pull)
     edit_params(repo, {"train": {"lr": yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["lr"]}})
     assert run(["dvc", "status", "--quiet"], repo, check=False).returncode == 0
+    # the floor's fit window is analysis only: the floor runs stay as trained
+    window = yaml.safe_load((repo / "params.yaml").read_text())["sgd_floor"]["window_start"]
+    edit_params(repo, {"sgd_floor": {"window_start": window + 1}})
+    assert set(yaml.safe_load(run(["dvc", "status", "--json"], repo).stdout)) == {"fits"}
+    edit_params(repo, {"sgd_floor": {"window_start": window}})
 
     # adaptive widths: a width appended to grid.width makes that width's stages new, no other run stale
     adaptive.apply_proposals(repo / "params.yaml", [5], schema=repo / "workflow/schemas/params.schema.yaml")

@@ -6,6 +6,7 @@ short, too few seeds, or a claim that does not hold here), and no threshold may 
 it into PASS. The criteria are deliberately plain so that a reader can redo them from fits.nc.
 """
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -234,15 +235,21 @@ def restart_test(fits: xr.Dataset) -> Check:
     order = np.argsort(factors)[::-1]  # f = 0.5, 0.25, ...
     floors = fits["restart_floor"].values[order]
     parent = float(fits["sgd_floor_measured"].values[0])
-    parent_time = float(np.nanmedian(fits["floor_time"].values[0]))
-    times = np.nanmedian(fits["restart_floor_time"].values[order], axis=-1)
+    with warnings.catch_warnings():  # every seed diverged: NaN, judged as not shown
+        warnings.simplefilter("ignore", RuntimeWarning)
+        parent_time = float(np.nanmedian(fits["floor_time"].values[0]))
+        times = np.nanmedian(fits["restart_floor_time"].values[order], axis=-1)
     lower = bool(np.all(floors < parent) and np.all(np.diff(floors) < 0))
     later = bool(np.all(times > parent_time))
+
+    def number(value: float, fmt: str) -> str:
+        return "none (diverged)" if np.isnan(value) else "never" if np.isinf(value) else format(value, fmt)
+
     measured = (
-        f"floor {parent:.4g} at eta, then "
-        + ", ".join(f"{v:.4g} at x{f:g}" for f, v in zip(factors[order], floors, strict=True))
-        + f"; 2x-floor reached at step {parent_time:.3g}, then "
-        + ", ".join(f"{t:.3g}" for t in times)
+        f"floor {number(parent, '.4g')} at eta, then "
+        + ", ".join(f"{number(v, '.4g')} at x{f:g}" for f, v in zip(factors[order], floors, strict=True))
+        + f"; 2x-floor reached at step {number(parent_time, '.3g')}, then "
+        + ", ".join(number(t, ".3g") for t in times)
     )
     return Check(7, claim, criterion, measured, lower and later)
 

@@ -17,6 +17,7 @@ A floor run that diverged (NaN loss, or its loss back above the initial loss of 
 the medians run over the other seeds. The runs are trained by :mod:`bachglass.floor_runs`.
 """
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from bachglass import fits
 from bachglass.errors import DataError
 from bachglass.floor_runs import setting_id
 from bachglass.observables import divergence_step
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,33 @@ def diverged(runs: xr.Dataset, initial: np.ndarray | None = None) -> xr.DataArra
 def _without(runs: xr.Dataset, flags: xr.DataArray) -> xr.Dataset:
     """Blank the loss of the diverged runs (all NaN): they have no floor and no floor time."""
     return runs.assign(loss=runs["loss"].where(~flags))
+
+
+def _warn_diverged(runs: Sequence[xr.Dataset], flags: Sequence[xr.DataArray]) -> None:
+    """Name the floor runs left out as diverged (the log of fit_study)."""
+    for r, f in zip(runs, flags, strict=True):
+        if f.any():
+            what = (
+                f"restart x{r.attrs['restart_factor']:g}" if "restart_factor" in r.attrs else "floor setting"
+            )
+            seeds = ", ".join(str(int(v)) for v in f["seed"].values[f.values])
+            log.warning(
+                "sgd_floor: %s lr %g, B %d: seed %s diverged; left out of the floor",
+                what,
+                float(r.attrs["lr"]),
+                int(r.attrs["batch_size"]),
+                seeds,
+            )
+
+
+def _bootstrap_medians(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Seed-bootstrap medians (n_boot, setting), resampling the seeds of each setting that have a floor."""
+    boot = np.full((n_boot, values.shape[0]), np.nan)
+    for k, row in enumerate(values):
+        valid = row[np.isfinite(row)]
+        if valid.size:
+            boot[:, k] = np.median(valid[rng.integers(0, valid.size, size=(n_boot, valid.size))], axis=1)
+    return boot
 
 
 def floor_of(runs: xr.Dataset, window_start: int, floor: float) -> xr.DataArray:
@@ -111,23 +141,25 @@ def analyse(
     ``sgd_floor_run`` (setting, floor_seed) L_∞ per run; ``sgd_floor_measured`` and its ``_lo``/``_hi``
     bounds (setting); ``sgd_floor_excess`` (over the data floor); ``sgd_floor_kappa`` with
     ``_lo``/``_hi``; ``restart_floor`` (restart) and ``restart_floor_ratio`` (over the parent's);
-    ``floor_time`` (setting / restart, floor_seed): first step with loss ≤ floor_factor × the floor.
+    ``floor_time`` (setting / restart, floor_seed): first step with loss ≤ floor_factor × the floor;
+    ``sgd_floor_run_diverged``, ``restart_diverged``: the runs left out (logged). Medians and the
+    bootstrap run over the seeds with a floor.
     """
     if not settings:
         raise DataError("sgd_floor: no floor runs; list sgd_floor.settings")
     data_floor = float(settings[0].attrs["data_floor"])
     lrs = np.array([float(s.attrs["lr"]) for s in settings])
     batches = np.array([int(s.attrs["batch_size"]) for s in settings])
+    parent = settings[0]  # as trained: its initial loss judges the restarts
     flags = [diverged(s) for s in settings]
+    _warn_diverged(settings, flags)
     settings = [_without(s, f) for s, f in zip(settings, flags, strict=True)]
     per_run = xr.concat([floor_of(s, config.window_start, data_floor) for s in settings], dim="setting")
     seeds = per_run["seed"].values
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(seeds), size=(n_boot, len(settings), len(seeds)))
-    values = per_run.values  # (setting, seed)
-    with warnings.catch_warnings():  # a replica of diverged seeds only has no floor: NaN
+    values = per_run.values  # (setting, seed); NaN: diverged, or no fit
+    boot = _bootstrap_medians(values, n_boot, np.random.default_rng(seed))  # (boot, setting)
+    with warnings.catch_warnings():  # a setting whose every seed diverged has no floor: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        boot = np.nanmedian(np.take_along_axis(values[None], draws, axis=2), axis=2)  # (boot, setting)
         floor = np.nanmedian(values, axis=1)
         lo, hi = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
     ratio = lrs / batches
@@ -172,7 +204,7 @@ def analyse(
                 xr.concat(
                     [floor_time(s, floor_factor * f) for s, f in zip(settings, floor, strict=True)], "setting"
                 ).values,
-                f"first step with loss <= {floor_factor:g} x the floor (+inf: never)",
+                f"first step with loss <= {floor_factor:g} x the floor (+inf: never; NaN: diverged)",
                 ("setting", "seed"),
                 "SGD steps",
             ),
@@ -185,7 +217,7 @@ def analyse(
         },
     )
     if restarts:
-        test = _restart_test(restarts, settings[0], floor[0], config, data_floor, floor_factor)
+        test = _restart_test(restarts, parent, floor[0], config, data_floor, floor_factor)
         out = out.merge(test).assign_attrs(restart_step=test.attrs["restart_step"])
     return out.rename(seed="floor_seed")  # not the grid's seeds: its own dim in fits.nc
 
@@ -200,10 +232,15 @@ def _restart_test(
 ) -> xr.Dataset:
     """Floor of each restart (η·f) against its parent's, and when each comes within floor_factor of it."""
     factors = np.array([float(r.attrs["lr"]) / float(parent.attrs["lr"]) for r in restarts])
-    initial = parent["loss"].transpose("seed", ...).values.reshape(parent.sizes["seed"], -1)[:, 0]
-    flags = [diverged(r, initial) for r in restarts]
+    initial = parent["loss"].isel(time=0)  # the net's loss at initialisation, per seed
+    flags = [diverged(r, initial.sel(seed=r["seed"]).values.ravel()) for r in restarts]
+    _warn_diverged(restarts, flags)
     restarts = [_without(r, f) for r, f in zip(restarts, flags, strict=True)]
-    floors = np.array([np.nanmedian(floor_of(r, config.window_start, data_floor).values) for r in restarts])
+    with warnings.catch_warnings():  # a restart whose every seed diverged has no floor: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        floors = np.array(
+            [np.nanmedian(floor_of(r, config.window_start, data_floor).values) for r in restarts]
+        )
     times = np.array(
         [
             floor_time(r, floor_factor * f).values + int(r.attrs["restart_step"])
