@@ -242,8 +242,8 @@ def fit_study(
             "diverged": diverged,
         }
     )
-    if "grad_norm_max" in study:  # logged by the trainer whether or not a clip acts
-        ds["grad_norm_peak"] = study["grad_norm_max"].max("time").where(~diverged)
+    if "grad_norm_max" in study:  # logged by the trainer whether or not a clip acts; kept for a
+        ds["grad_norm_peak"] = study["grad_norm_max"].max("time")  # diverged run: its spike is the news
     parts = [ds, critical(study, eps_valid, config), collapse_aging(study, config)]
     if aging is not None:
         parts.append(
@@ -270,7 +270,7 @@ def fit_study(
 
 
 def diverged_runs(study: xr.Dataset) -> list[str]:
-    """Name the runs whose loss became non-finite, as ``d1_w8_s0 (diverged at step 123)``."""
+    """Name the diverged runs (NaN, or back above the initial loss) as ``d1_w8_s0 (diverged at step 123)``."""
     flags = study["diverged"].astype(bool).stack(run=("depth", "width", "seed"))
     steps = study["diverged_step"].stack(run=("depth", "width", "seed")) if "diverged_step" in study else None
     runs = []

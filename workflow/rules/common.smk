@@ -173,7 +173,7 @@ def langevin_params(temperature=None):
     """The train (at `temperature`, full batch) and observables sections of the Langevin sweep.
 
     Full-batch gradient descent plus noise, whatever train.batch_size says, with train's lr and clip
-    (none in the default study: d = 2 is stable unclipped at lr 0.1, docs/stability.md).
+    (none in the default study; docs/stability.md).
     """
     sweep = config["langevin"]
     train = {"steps": sweep["steps"], "temperature": temperature, "batch_size": None}
