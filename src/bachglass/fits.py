@@ -21,7 +21,13 @@ from bachglass.observables import NATS, smoothed_loss
 log = logging.getLogger(__name__)
 
 UNDER, OVER, UNDETERMINED = 1, 0, -1  # phase flags (CF flag_values)
-MODULES = ("fits", "critical", "aging", "observables")  # code whose hash goes into the provenance
+MODULES = (
+    "fits",
+    "critical",
+    "aging",
+    "observables",
+    "divergence",
+)  # code whose hash goes into the provenance
 STUDY_VARIABLES = ("loss", "clip_fraction", "tau", "msd_lag", "diverged")  # what fit_study reads
 
 

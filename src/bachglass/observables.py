@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from bachglass import model
+from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
 from bachglass.two_time import LAG_COORD, on_lag_grid, relaxation_time, two_time_observables
 
@@ -191,21 +192,6 @@ def _check_trajectory(trajectory: xr.Dataset) -> None:
         missing.append(f"valid status ({trajectory.attrs['status']!r}; expected completed or diverged)")
     if missing:
         raise DataError(f"{where}: no {', no '.join(missing)}; re-create it with rule train_run")
-
-
-def divergence_step(loss: np.ndarray, step: np.ndarray, nan_step: np.ndarray) -> np.ndarray:
-    """First step at which a run diverged, -1 where it did not (the study's one criterion).
-
-    A run diverged when its loss became NaN (``nan_step`` >= 0, from the trainer) or when its full
-    training-set loss at a checkpoint went back above its value at the first checkpoint (step 0):
-    a net knocked back by a gradient spike. ``loss`` is (..., time) on the checkpoint ``step`` grid,
-    ``nan_step`` the trainer's step per run (...). The stability scan and the study use it both.
-    """
-    never = np.iinfo(np.int64).max
-    with np.errstate(invalid="ignore"):
-        above = np.where(loss > loss[..., :1], step, never).min(-1)
-    first = np.minimum(above, np.where(nan_step >= 0, nan_step, never))
-    return np.where(first < never, first, -1)
 
 
 def _divergence(trajectory: xr.Dataset) -> int:

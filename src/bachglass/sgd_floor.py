@@ -13,7 +13,7 @@ and the time at which the loss comes within ``floor_factor`` of it (where aging 
 down) moves with it.
 
 A floor run that diverged (NaN loss, or its loss back above the initial loss of the net, by
-:func:`bachglass.observables.divergence_step`) has no floor: it is left out (``*_diverged``) and
+:func:`bachglass.divergence.divergence_step`) has no floor: it is left out (``*_diverged``) and
 the medians run over the other seeds. The runs are trained by :mod:`bachglass.floor_runs`.
 """
 
@@ -27,9 +27,9 @@ import numpy as np
 import xarray as xr
 
 from bachglass import fits
+from bachglass.divergence import divergence_step
 from bachglass.errors import DataError
 from bachglass.floor_runs import setting_id
-from bachglass.observables import divergence_step
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from bachglass import io, model, observables, probes, train
+from bachglass import io, model, probes, train
+from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,7 @@ MODULES = (
     "ensemble",
     "train",
     "probes",
-    "observables",
-    "two_time",
+    "divergence",
     "stability",
 )  # code whose hash goes into the provenance
 F64 = torch.float64
@@ -206,7 +206,7 @@ def _dataset(
             {"long_name": long_name, "units": units},
         )
     loss = out["loss"].reshape(n_lr, n_seed, len(grid))
-    diverged_step = observables.divergence_step(loss, grid, nan_step.reshape(n_lr, n_seed))
+    diverged_step = divergence_step(loss, grid, nan_step.reshape(n_lr, n_seed))
     data["diverged_step"] = (
         ("depth", "width", "batch_size", "lr", "seed"),
         diverged_step.reshape(shape),

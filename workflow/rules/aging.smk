@@ -7,7 +7,7 @@ use rule extract_observables as extract_aging_observables with:
     input:
         trajectory=upstream(f"{AGING_RUN}/trajectory.nc"),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("observables", "two_time", "probes", "model"),
+        code=code("observables", "divergence", "two_time", "probes", "model"),
     output:
         observables=f"{AGING_RUN}/observables.nc",
     log:
@@ -21,7 +21,7 @@ use rule extract_observables as extract_aging_observables with:
 use rule combine_study as combine_aging with:
     input:
         observables=upstream(aging_runs("observables.nc")),
-        code=code("observables", "two_time"),
+        code=code("observables", "divergence", "two_time"),
     output:
         study="results/aging.nc",
     log:

@@ -5,7 +5,17 @@ rule fit_study:
         aging=upstream(aging_study()),
         floor=upstream(floor_files()),
         restarts=upstream(restart_files()),
-        code=code("fits", "critical", "aging", "observables", "two_time", "phases", "sgd_floor", "floor_runs"),
+        code=code(
+            "fits",
+            "critical",
+            "aging",
+            "observables",
+            "divergence",
+            "two_time",
+            "phases",
+            "sgd_floor",
+            "floor_runs",
+        ),
     output:
         fits="results/fits.nc",
         metrics="results/metrics.json",

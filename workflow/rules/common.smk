@@ -42,6 +42,7 @@ FIGURE_MODULES = [
     "figures_sgd",
     "langevin",
     "observables",
+    "divergence",
     "two_time",
 ]
 FIGURE_NAMES = [  # docs/science.md §1.8, in its order; figures.FIGURES draws them

@@ -22,7 +22,8 @@ def main() -> None:
         trajectory,
         observables.ObservablesConfig(**params),
         provenance=io.provenance(
-            {**params, "probes": snakemake.params.probes}, ["observables", "two_time", "probes", "model"]
+            {**params, "probes": snakemake.params.probes},
+            ["observables", "divergence", "two_time", "probes", "model"],
         ),
         probes=measured,
     )
