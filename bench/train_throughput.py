@@ -1,11 +1,11 @@
 """Training throughput: plain per-model nn.RNN loop vs the project's trainer vs the batched ensemble.
 
-Model-steps/s (SGD steps times models, per second) of one SGD step on the synthetic data of
-perf-notes §1 (4 voices, vocab sizes 26/21/21/26 with the rest token, T = 128, minibatches of
-``--batch`` drawn from ``--chorales`` chorales): every implementation trains its models with its own
-minibatch order, plain SGD, gradient-norm clip 1. They run side by side in one process, in
-interleaved rounds, and each cell is the median of the rounds, so that a neighbour's load hits
-them all alike. Ratios are to the plain loop.
+Model-steps/s (SGD steps times models, per second) of one SGD step on the synthetic data of the
+benchmark model of README "Training speed" (4 voices, vocab sizes 26/21/21/26 with the rest token,
+T = 128, minibatches of ``--batch`` drawn from ``--chorales`` chorales): every implementation
+trains its models with its own minibatch order, plain SGD, gradient-norm clip 1. They run side by
+side in one process, in interleaved rounds, and each cell is the median of the rounds, so that a
+neighbour's load hits them all alike. Ratios are to the plain loop.
 
 * ``plain``: for each model in turn, ``torch.nn.RNN`` + ``nn.Linear`` readout, autograd,
   ``clip_grad_norm_`` and ``torch.optim.SGD`` (what a physicist writes first).
@@ -13,7 +13,7 @@ them all alike. Ratios are to the plain loop.
   clipping and divergence checks, as ``snakemake`` runs it with ``train.pack: 1``).
 * ``ensemble S=k``: k runs of the same (d, w) as one batched model (``train.pack: k``).
 
-GFLOP/s counts the useful arithmetic of perf-notes' model: forward 2·T·B·(2·I·w + (2d − 1)·w²),
+GFLOP/s counts the useful arithmetic of that model: forward 2·T·B·(2·I·w + (2d − 1)·w²),
 a step 3× that; the peak is a measured float32 2048² matmul on the same threads.
 
 Usage: python bench/train_throughput.py [--quick] [--device cuda] [--out FILE]
@@ -31,12 +31,12 @@ import torch
 
 from bachglass import model, train
 
-VOCAB = (26, 21, 21, 26)  # perf-notes §1: 25/20/20/25 pitches + a rest token
+VOCAB = (26, 21, 21, 26)  # 25/20/20/25 pitches + a rest token
 SHAPES = [(1, 16), (2, 32), (3, 64), (4, 128), (3, 16)]
 
 
 def synthetic_batch(n_chorales: int, n_steps: int, device: torch.device) -> model.Batch:
-    """Random-walk tokens per voice (perf-notes §1), encoded like real chorales."""
+    """Random-walk tokens per voice (the benchmark model), encoded like real chorales."""
     rng = np.random.default_rng(0)
     steps = rng.integers(-2, 3, size=(n_chorales, n_steps + 1, len(VOCAB)))
     start = rng.integers(0, min(VOCAB), size=(n_chorales, 1, len(VOCAB)))
@@ -46,7 +46,7 @@ def synthetic_batch(n_chorales: int, n_steps: int, device: torch.device) -> mode
 
 
 def flop_per_step(depth: int, width: int, n_steps: int, batch: int) -> float:
-    """Useful FLOP of one SGD step of one model (perf-notes §1 model: forward, then 2× for backward)."""
+    """Useful FLOP of one SGD step of one model (the benchmark model: forward, then 2× for backward)."""
     n_io = sum(VOCAB)
     forward = 2 * n_steps * batch * (2 * n_io * width + (2 * depth - 1) * width**2)
     return 3.0 * forward
