@@ -9,7 +9,7 @@ neighbour's load hits them all alike. Ratios are to the plain loop.
 
 * ``plain``: for each model in turn, ``torch.nn.RNN`` + ``nn.Linear`` readout, autograd,
   ``clip_grad_norm_`` and ``torch.optim.SGD`` (what a physicist writes first).
-* ``trainer S=1``: the project's trainer (``train.Ensemble`` of one run: the manual-BPTT engine,
+* ``trainer S=1``: the project's trainer (``sgd.Ensemble`` of one run: the manual-BPTT engine,
   clipping and divergence checks, as ``snakemake`` runs it with ``train.pack: 1``).
 * ``ensemble S=k``: k runs of the same (d, w) as one batched model (``train.pack: k``).
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bachglass import model, train
+from bachglass import model, sgd
 
 VOCAB = (26, 21, 21, 26)  # 25/20/20/25 pitches + a rest token
 SHAPES = [(1, 16), (2, 32), (3, 64), (4, 128), (3, 16)]
@@ -75,13 +75,13 @@ class Plain:
 
 
 class Packed:
-    """The project's trainer: ``train.Ensemble`` of ``size`` runs (size 1: the single-run trainer)."""
+    """The project's trainer: ``sgd.Ensemble`` of ``size`` runs (size 1: the single-run trainer)."""
 
     def __init__(
         self, depth: int, width: int, data: model.Batch, args: argparse.Namespace, size: int
     ) -> None:
         layout = model.HeadLayout(VOCAB)
-        config = train.TrainConfig(
+        config = sgd.TrainConfig(
             cell="rnn_tanh",
             lr=args.lr,
             batch_size=args.batch,
@@ -97,8 +97,8 @@ class Packed:
         thetas = torch.stack(
             [model.init_theta(specs, width, s, torch.float32, data.x.device) for s in range(size)]
         )
-        engine = train.make_engine("rnn_tanh", depth, width, layout, thetas)
-        self.ensemble = train.Ensemble(engine, train.Data(data, None, layout), config, list(range(size)))
+        engine = sgd.make_engine("rnn_tanh", depth, width, layout, thetas)
+        self.ensemble = sgd.Ensemble(engine, sgd.Data(data, None, layout), config, list(range(size)))
         self.models = size
 
     def step(self) -> None:

@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 import yaml
 
-from bachglass import fits, io, observables, train
+from bachglass import fits, io, observables, sgd, train
 
 OUT = Path("results/experiments/clip_control")
 
@@ -29,7 +29,7 @@ def run_one(job: tuple[dict, int, int, int, float]) -> Path:
     path = OUT / f"clip{clip:g}" / f"d{depth}_w{width}_s{seed}.nc"
     if not path.exists():
         torch.set_num_threads(1)
-        config = train.TrainConfig(**{**params["train"], "clip_norm": clip, "device": "cpu"})
+        config = sgd.TrainConfig(**{**params["train"], "clip_norm": clip, "device": "cpu"})
         encoded = io.read_netcdf("results/data/encoded.nc", required=train.ENCODED_VARIABLES)
         run = train.train_run(encoded, depth, width, seed, config, None, progress=False)
         io.write_netcdf(run.drop_vars("theta"), path)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from bachglass import io, stability, train
+from bachglass import io, model, stability, train
 
 
 def run_one(job: tuple[Path, dict, stability.ScanConfig, int, int, int]) -> Path:
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--lr", type=float, nargs="+", default=[0.2, 0.1, 0.05, 0.025, 0.0125])
     parser.add_argument("--seed", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--init", nargs="+", default=["pytorch"], choices=model.INITS)
     parser.add_argument("--steps", type=int, default=50000)
     parser.add_argument("--safety-norm", type=float, default=10.0)
     parser.add_argument("--encoded", default="results/data/encoded.nc")
@@ -58,6 +59,7 @@ def main() -> None:
         depth=args.depth,
         width=args.width,
         seed=args.seed,
+        init=args.init,
         lr=args.lr,
         batch_size=args.batch,
         steps=args.steps,

@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 from conftest import Interrupted, die_at_save, make_encoded, make_trajectory, train_config
 
-from bachglass import langevin, model, train
+from bachglass import langevin, model, sgd, train
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -43,8 +43,8 @@ def ensemble(enc, seeds, cfg, width=32, device=CPU):
     data, heldout = model.encode_splits(enc, layout, F64, device)
     specs = model.param_specs(cfg.cell, 1, width, VOCAB)
     thetas = torch.stack([model.init_theta(specs, width, s, F64, device) for s in seeds])
-    engine = train.make_engine(cfg.cell, 1, width, layout, thetas)
-    return train.Ensemble(engine, train.Data(data, heldout, layout), cfg, seeds)
+    engine = sgd.make_engine(cfg.cell, 1, width, layout, thetas)
+    return sgd.Ensemble(engine, sgd.Data(data, heldout, layout), cfg, seeds)
 
 
 def runs(enc, seeds, cfg, paths=None):
@@ -79,8 +79,8 @@ def test_each_run_has_its_own_noise_stream_apart_from_its_init_stream():
     def draw(generator):
         return torch.randn(1000, generator=generator, dtype=F64)
 
-    noise = [draw(train.noise_generator(seed, CPU)) for seed in (0, 1)]
-    assert torch.equal(noise[0], draw(train.noise_generator(0, CPU)))  # reproducible
+    noise = [draw(sgd.noise_generator(seed, CPU)) for seed in (0, 1)]
+    assert torch.equal(noise[0], draw(sgd.noise_generator(0, CPU)))  # reproducible
     assert not torch.equal(noise[0], noise[1])
     assert not torch.equal(noise[0], draw(torch.Generator().manual_seed(0)))  # model.init_theta's generator
 
@@ -99,7 +99,7 @@ def test_at_zero_temperature_nothing_is_drawn_and_the_trajectory_is_plain_sgd(en
 
     for cfg in (config(temperature=0.0), config(temperature=0.0, batch_size=None, dtype="float32")):
         with monkeypatch.context() as patch:
-            patch.setattr(train.Ensemble, "update", plain_update)
+            patch.setattr(sgd.Ensemble, "update", plain_update)
             before = runs(encoded, [0, 1], cfg)
         with monkeypatch.context() as patch:
             patch.setattr(torch.Tensor, "normal_", lambda *a, **k: pytest.fail("drew noise at T = 0"))

@@ -7,7 +7,7 @@ from conftest import make_encoded
 
 from bachglass import model
 from bachglass.ensemble import Corpus, EnsembleEngine
-from bachglass.errors import DataError
+from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
 
@@ -95,6 +95,25 @@ def test_init_is_deterministic_per_seed_and_within_the_default_bound():
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert a.abs().max() <= 1 / 3 and a.abs().max() > 0.3  # U(±1/√w), w = 9
+
+
+def test_orthogonal_init_replaces_only_the_recurrent_weights_by_orthogonal_blocks():
+    for cell, gates in (("rnn_tanh", 1), ("gru", 3)):
+        specs = model.param_specs(cell, 2, 9, VOCAB)
+        plain = model.init_theta(specs, 9, 3, torch.float64, CPU)
+        ortho = model.init_theta(specs, 9, 3, torch.float64, CPU, "orthogonal")
+        assert torch.equal(ortho, model.init_theta(specs, 9, 3, torch.float64, CPU, "orthogonal"))
+        views = zip(specs, model.split_flat(plain, specs), model.split_flat(ortho, specs), strict=True)
+        for spec, a, b in views:
+            if "weight_hh" not in spec.name:
+                assert torch.equal(a, b), spec.name  # inputs, biases, readout: the default draw
+                continue
+            assert len(b.split(9)) == gates
+            for block in b.split(9):  # each gate's w x w block: Uᵀ U = 1
+                torch.testing.assert_close(block.T @ block, torch.eye(9, dtype=torch.float64))
+            assert not torch.equal(a, b)
+    with pytest.raises(ParamsError, match=r"train\.init: 'identity'"):
+        model.init_theta(specs, 9, 3, torch.float64, CPU, "identity")
 
 
 def test_inputs_are_concatenated_one_hots_and_targets_the_next_chord():

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 from conftest import make_encoded
 
-from bachglass import checks, figures_sgd, stability, train
+from bachglass import checks, figures_sgd, sgd, stability, train
 from bachglass.errors import ParamsError
 from bachglass.floor_runs import RESTART_KEYS, SETTING_KEYS, restart_setting, setting_id, train_setting
 from bachglass.sgd_floor import FloorConfig, analyse
@@ -53,7 +53,7 @@ def test_floor_runs_are_the_study_trainer_unclipped_along_seed(encoded):
     assert runs["loss"].dims[:1] == ("seed",) and runs["seed"].values.tolist() == [0, 1]
     assert runs.attrs["lr"] == 0.2 and runs.attrs["batch_size"] == 2 and runs.attrs["clip_norm"] == "none"
     # the same run as the trainer gives on its own (pack of the two seeds)
-    cfg = train.TrainConfig(**TRAIN, lr=0.2, batch_size=2, steps=200, clip_norm=None, pack=2)
+    cfg = sgd.TrainConfig(**TRAIN, lr=0.2, batch_size=2, steps=200, clip_norm=None, pack=2)
     alone = train.train_runs(encoded, 1, 6, [0, 1], cfg)[1]
     np.testing.assert_array_equal(runs["loss"].sel(seed=1).values.ravel(), alone["loss"].values.ravel())
     assert setting_id(0.2, 2) == "lr0.2_B2"
@@ -128,20 +128,24 @@ def test_the_restart_check_passes_when_the_floor_drops_with_lr_and_fails_when_it
 
 def test_stability_scan_flags_a_blow_up_and_counts_unsafe_steps(encoded):
     config = stability.ScanConfig(
-        depth=[1], width=[6], seed=[0], lr=[0.05, 200.0], batch_size=[2], steps=60, safety_norm=1e-3,
-        checkpoints_per_decade=10, sharpness_per_decade=1, power_iterations=5,
+        depth=[1], width=[6], seed=[0], init=["pytorch", "orthogonal"], lr=[0.05, 200.0], batch_size=[2],
+        steps=60, safety_norm=1e-3, checkpoints_per_decade=10, sharpness_per_decade=1, power_iterations=5,
     )  # fmt: skip
     cell = stability.scan_cell(encoded, 1, 6, 2, config, "rnn_tanh", "float64", "cpu")
     scan = stability.combine([cell])
     sel = scan.squeeze(("depth", "width", "batch_size"))
-    assert sel["n_diverged"].sel(lr=0.05) == 0 and sel["n_diverged"].sel(lr=200.0) == 1
-    assert sel["over_share"].sel(lr=0.05) == 1.0  # every gradient is above a safety norm of 1e-3
-    assert np.isfinite(sel["sharpness"].sel(lr=0.05)).sum() >= 2
+    assert (sel["n_diverged"].sel(lr=0.05) == 0).all() and (sel["n_diverged"].sel(lr=200.0) == 1).all()
+    assert (sel["over_share"].sel(lr=0.05) == 1.0).all()  # every gradient is above a safety norm of 1e-3
+    assert (np.isfinite(sel["sharpness"].sel(lr=0.05)).sum("time") >= 2).all()
+    # the two initialisations differ (recurrent weights) but share the seed's minibatch order
+    loss = sel["loss"].sel(lr=0.05, seed=0)
+    assert loss.sel(init="pytorch").isel(time=1) != loss.sel(init="orthogonal").isel(time=1)
     table = stability.table(scan)
-    assert "| 1 | 6 | 2 | 200 | 1/1 |" in table and "| 1 | 6 | 2 | 0.05 | 0/1 |" in table
-    # the figure writes each cell's divergences and unsafe share where the cell is drawn
+    assert "| 1 | 6 | 2 | pytorch | 200 | 1/1 |" in table
+    assert "| 1 | 6 | 2 | orthogonal | 0.05 | 0/1 |" in table
+    # the figure writes each cell's divergences and unsafe share where the cell is drawn (rows: init, B)
     texts = {(t.get_position(), t.get_text()) for t in figures_sgd.stability(scan).axes[0].texts}
-    assert ((0, 0), "100%") in texts and ((1, 0), "✗1\n-") in texts  # diverged before its first record
+    assert ((0, 0), "100%") in texts and ((1, 1), "✗1\n-") in texts  # diverged before its first record
 
 
 def test_floor_figure_plots_the_measured_floors_and_the_restarts():

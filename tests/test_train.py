@@ -8,7 +8,7 @@ from conftest import Interrupted, make_encoded, train_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachglass import io, model, train
+from bachglass import io, model, resume, train
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -122,7 +122,7 @@ def test_resumed_run_is_bitwise_identical(encoded, tmp_path, die_after_first_sav
     resumed = run(encoded, checkpoint=ckpt, **settings)
     xr.testing.assert_identical(resumed, run(encoded, **settings))
     assert ckpt.exists()  # the caller deletes it once the trajectory is written
-    train.remove_checkpoint(ckpt)
+    resume.remove_checkpoint(ckpt)
     assert not ckpt.exists()
 
 
@@ -223,3 +223,12 @@ def test_cuda_run_agrees_with_cpu_in_float64(encoded):
 def test_unknown_cell_or_dtype_is_a_params_error(encoded, key, bad):
     with pytest.raises(ParamsError, match=rf"train: cell .*{re.escape(repr(bad))}.* unknown"):
         run(encoded, **{key: bad})
+
+
+def test_init_option_reaches_the_trajectory_and_an_unknown_one_is_a_params_error(encoded):
+    ortho = run(encoded, init="orthogonal", steps=5)
+    plain = run(encoded, steps=5)
+    assert ortho.attrs["init"] == "orthogonal" and plain.attrs["init"] == "pytorch"
+    assert not np.array_equal(ortho["theta"].isel(time=0).values, plain["theta"].isel(time=0).values)
+    with pytest.raises(ParamsError, match=r"train\.init: 'identity'"):
+        run(encoded, init="identity")

@@ -1,9 +1,9 @@
 """The SGD dynamics itself: where unclipped constant-η SGD is stable, and the floor its noise sets.
 
 - ``stability``: one panel per (depth, width); in it, one column per learning rate η and one row per
-  batch size B. A cell's colour is the largest λ_max η/2 measured before any divergence (> 1: beyond
-  the edge of stability 2/η); its text gives the runs that diverged (✗ k) and the share of steps
-  whose gradient norm passed the safety norm.
+  (recurrent-weight initialisation, batch size B). A cell's colour is the largest λ_max η/2 measured
+  before any divergence (> 1: beyond the edge of stability 2/η); its text gives the runs that
+  diverged (✗ k) and the share of steps whose gradient norm passed the safety norm.
 - ``sgd_floor_scaling``: the measured floor above the data floor against η/B, with the fitted power
   law (η/B)^κ, and the floors after a restart at η/2, η/4 (check 7's restart test).
 """
@@ -17,31 +17,34 @@ from bachglass.figures_layout import LOSS_LABEL, panels
 
 
 def stability(scan: xr.Dataset | None) -> Figure:
-    """Heat maps of λ_max η/2 over (η, B), one per (depth, width), with divergences and unsafe steps."""
+    """Draw λ_max η/2 over (η, init × B), one map per (depth, width), with divergences and unsafe shares."""
     if scan is None:
         fig, axes = panels(1)
         axes[0, 0].text(0.5, 0.5, "no stability scan (params.yaml stability lists empty)", ha="center")
         return fig
     depths, widths = scan["depth"].values, scan["width"].values
-    lrs, batches = scan["lr"].values, scan["batch_size"].values
-    fig, axes = panels(
-        len(widths), rows=len(depths), sharex=True, sharey=True, height=1.2 + 0.5 * len(batches)
-    )
+    lrs = scan["lr"].values
+    rows = [(init, b) for init in scan["init"].values for b in scan["batch_size"].values]
+    fig, axes = panels(len(widths), rows=len(depths), sharex=True, sharey=True, height=1.2 + 0.5 * len(rows))
     norm = LogNorm(0.1, 10)
     image = None
     for i, depth in enumerate(depths):
         for j, width in enumerate(widths):
-            ax, cell = axes[i, j], scan.sel(depth=depth, width=width).transpose("batch_size", "lr", ...)
+            ax = axes[i, j]
+            cell = (
+                scan.sel(depth=depth, width=width)
+                .stack(row=("init", "batch_size"))
+                .transpose("row", "lr", ...)
+            )
             ratio = np.clip(np.nan_to_num(cell["sharpness_ratio"].values, nan=0.1), 0.1, 10)
             image = ax.imshow(ratio, cmap="RdYlBu_r", norm=norm, aspect="auto", origin="lower")
-            for b in range(len(batches)):
+            for r in range(len(rows)):
                 for k in range(len(lrs)):
-                    n = int(cell["n_diverged"].values[b, k])
-                    share = float(cell["over_share"].values[b, k])
-                    shown = "-" if not np.isfinite(share) else f"{share:.0%}" if share >= 0.005 else "0"
-                    text = (f"✗{n}\n" if n else "") + shown
+                    n = int(cell["n_diverged"].values[r, k])
+                    share = float(cell["over_share"].values[r, k])
+                    text = (f"✗{n}\n" if n else "") + _share_text(share)
                     ax.text(
-                        *(k, b, text),
+                        *(k, r, text),
                         ha="center",
                         va="center",
                         fontsize=9,
@@ -50,9 +53,9 @@ def stability(scan: xr.Dataset | None) -> Figure:
                     )
             ax.set_title(f"d = {depth}, w = {width}", fontsize=10)
             ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], fontsize=9)
-            ax.set_yticks(range(len(batches)), [str(v) for v in batches], fontsize=9)
+            ax.set_yticks(range(len(rows)), [f"{init}, {b}" for init, b in rows], fontsize=8)
     fig.supxlabel("learning rate η")
-    fig.supylabel("batch size B (chorales per step)")
+    fig.supylabel("recurrent init, batch size B (chorales per step)")
     bar = fig.colorbar(image, ax=axes, shrink=0.9)
     bar.set_label("max λ_max·η/2 (> 1: past 2/η)")
     steps, n = int(scan.attrs.get("steps", 0)), scan.sizes["seed"]
@@ -62,6 +65,13 @@ def stability(scan: xr.Dataset | None) -> Figure:
         fontsize=10,
     )
     return fig
+
+
+def _share_text(share: float) -> str:
+    """Write a share of unsafe steps for a heat-map cell: "-" not measured, "0" none, "<1%" some."""
+    if not np.isfinite(share):
+        return "-"
+    return f"{share:.0%}" if share >= 0.005 else "<1%" if share > 0 else "0"
 
 
 def sgd_floor_scaling(study: xr.Dataset, fits: xr.Dataset) -> Figure:

@@ -14,7 +14,8 @@ import xarray as xr
 
 from bachglass.errors import DataError, ParamsError
 
-TRAIN_KEYS = ("cell", "checkpoints_per_decade", "resume_every", "dtype", "device", "temperature")  # of train:
+# of train: what the floor runs take from the study's trainer (lr, B, steps and the clip are their own)
+TRAIN_KEYS = ("cell", "init", "checkpoints_per_decade", "resume_every", "dtype", "device", "temperature")
 SETTING_KEYS = ("depth", "width", "seed", "steps")  # of sgd_floor: what a floor setting's runs read
 RESTART_KEYS = (
     "depth",
@@ -49,9 +50,9 @@ def combine_seeds(trajectories: Sequence[xr.Dataset]) -> xr.Dataset:
 
 def _config(train_params: dict[str, Any], **own: Any) -> Any:
     """Build the trainer's config: the study's :data:`TRAIN_KEYS`, then the floor run's own."""
-    from bachglass import train  # torch: only the training steps need it
+    from bachglass import sgd  # torch: only the training steps need it
 
-    return train.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, clip_norm=None, **own)
+    return sgd.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, clip_norm=None, **own)
 
 
 def train_setting(
@@ -79,7 +80,7 @@ def restart_setting(
     checkpoints: list[Any],
 ) -> xr.Dataset:
     """Continue the parent's runs from ``restart_step`` at η × ``factor`` (``runs``: :data:`RESTART_KEYS`)."""
-    from bachglass import train
+    from bachglass import sgd, train
 
     factors = list(runs["restart_factors"])
     if factor not in factors:
@@ -95,6 +96,6 @@ def restart_setting(
     cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["restart_steps"], pack=len(seeds))
     theta = [parent["theta"].sel(seed=s).isel(time=k).values.ravel() for s in seeds]
     origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k])}"
-    start = train.Start(theta=theta, stream=RESTART_STREAM + factors.index(factor), origin=origin)
+    start = sgd.Start(theta=theta, stream=RESTART_STREAM + factors.index(factor), origin=origin)
     restarted = train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints, start=start)
     return combine_seeds(restarted).assign_attrs(restart_step=int(step[k]), restart_factor=float(factor))

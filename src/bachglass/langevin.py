@@ -3,7 +3,7 @@
 Kerr Winter & Janssen (arXiv 2405.13098) train with full-batch gradient descent plus noise at a
 temperature T and find that the overlap Q(t_0, t_0 + t) of different T collapses onto one curve
 against t / τ_e(T) (time-temperature superposition), with τ_e(T) a power law in T and no divergence
-at T > 0. The noise itself is added in ``bachglass.train``; this module reads what the observables
+at T > 0. The noise itself is added in ``bachglass.sgd``; this module reads what the observables
 step measured on each run.
 """
 

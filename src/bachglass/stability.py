@@ -14,7 +14,7 @@ any clipping for as long as the study's own runs and records, per run:
 All learning rates and seeds of one (depth, width, B) train as one batched ensemble
 (:class:`~bachglass.ensemble.EnsembleEngine`): each member its own θ, η and divergence; the
 members of one seed share that seed's initialisation and minibatch order, so the runs of one seed
-differ in η only. The update θ ← θ − η_m g is the one of :meth:`bachglass.train.Ensemble.update`
+differ in η only. The update θ ← θ − η_m g is the one of :meth:`bachglass.sgd.Ensemble.update`
 without a clip, with η per member.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from bachglass import io, model, probes, train
+from bachglass import io, model, probes, sgd, train
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MODULES = (
     "model",
     "ensemble",
+    "sgd",
     "train",
     "probes",
     "divergence",
@@ -65,6 +66,7 @@ class ScanConfig:
     depth: list[int]
     width: list[int]
     seed: list[int]
+    init: list[str]
     lr: list[float]
     batch_size: list[int]
     steps: int
@@ -85,13 +87,13 @@ def scan_cell(
     device: str,
     progress: bool = False,
 ) -> xr.Dataset:
-    """Train every (η, seed) of one (depth, width, B) unclipped; dims (lr, seed, time).
+    """Train every (init, η, seed) of one (depth, width, B) unclipped; dims (init, lr, seed, time).
 
     ``cell``, ``dtype`` and ``device`` are the study's (params.yaml train); the rest is the scan's.
     """
     if not batch_size >= 1:
         raise ParamsError(f"stability.batch_size: {batch_size} must be at least 1")
-    cfg = train.TrainConfig(
+    cfg = sgd.TrainConfig(
         cell=cell,
         lr=1.0,  # each member's own η is applied below
         batch_size=batch_size,
@@ -102,25 +104,27 @@ def scan_cell(
         dtype=dtype,
         device=device,
     )
-    device, dtype = train._resolve(cfg)
+    device, dtype = sgd.resolve(cfg)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
     train_set, heldout = model.encode_splits(encoded, layout, dtype, device)
-    data = train.Data(train_set, heldout, layout)
+    data = sgd.Data(train_set, heldout, layout)
     if batch_size > data.train.n_chorales:
         raise ParamsError(
             f"stability.batch_size: {batch_size} is more than the {data.train.n_chorales} training chorales"
         )
     specs = model.param_specs(cfg.cell, depth, width, layout.vocab_sizes)
-    cells = [(lr, seed) for lr in config.lr for seed in config.seed]
-    thetas = torch.stack([model.init_theta(specs, width, seed, dtype, device) for _, seed in cells])
-    seeds = [seed for _, seed in cells]
-    # each member its own minibatch stream, seeded by its seed: the same order at every η
-    ens = train.Ensemble(
-        train.make_engine(cfg.cell, depth, width, layout, thetas), data, cfg, list(range(len(cells)))
+    cells = [(init, lr, seed) for init in config.init for lr in config.lr for seed in config.seed]
+    thetas = torch.stack(
+        [model.init_theta(specs, width, seed, dtype, device, init) for init, _, seed in cells]
+    )
+    seeds = [seed for _, _, seed in cells]
+    # each member its own minibatch stream, seeded by its seed: the same order at every init and η
+    ens = sgd.Ensemble(
+        sgd.make_engine(cfg.cell, depth, width, layout, thetas), data, cfg, list(range(len(cells)))
     )
     for member, seed in zip(ens.members, seeds, strict=True):
         member.rng = np.random.default_rng(seed)
-    lrs = torch.tensor([lr for lr, _ in cells], dtype=dtype, device=device).unsqueeze(1)
+    lrs = torch.tensor([lr for _, lr, _ in cells], dtype=dtype, device=device).unsqueeze(1)
     grid = train.checkpoint_steps(config.steps, config.checkpoints_per_decade)
     probed = set(probes.sharpness_steps(grid, config.sharpness_per_decade).tolist())
     n = len(cells)
@@ -185,30 +189,30 @@ def _sharpness(
 def _dataset(
     out: dict[str, np.ndarray],
     grid: np.ndarray,
-    cells: list[tuple[float, int]],
+    cells: list[tuple[str, float, int]],
     config: ScanConfig,
     depth: int,
     width: int,
     batch_size: int,
     nan_step: np.ndarray,
-    ens: train.Ensemble,
+    ens: sgd.Ensemble,
     specs: list[model.ParamSpec],
 ) -> xr.Dataset:
-    """Label the scan of one (depth, width, B) as (depth, width, batch_size, lr, seed, time) variables."""
-    n_lr, n_seed = len(config.lr), len(config.seed)
-    shape = (1, 1, 1, n_lr, n_seed)
+    """Label the scan of one (depth, width, B): (depth, width, batch_size, init, lr, seed, time)."""
+    cell_shape = (len(config.init), len(config.lr), len(config.seed))
+    shape = (1, 1, 1, *cell_shape)
     data = {}
     for name, (dims, long_name, units) in VARIABLES.items():
-        values = out[name].reshape(n_lr, n_seed, len(grid))[None, None, None]
+        values = out[name].reshape(*cell_shape, len(grid))[None, None, None]
         data[name] = (
-            ("depth", "width", "batch_size", "lr", "seed", *dims),
+            ("depth", "width", "batch_size", "init", "lr", "seed", *dims),
             values,
             {"long_name": long_name, "units": units},
         )
-    loss = out["loss"].reshape(n_lr, n_seed, len(grid))
-    diverged_step = divergence_step(loss, grid, nan_step.reshape(n_lr, n_seed))
+    loss = out["loss"].reshape(*cell_shape, len(grid))
+    diverged_step = divergence_step(loss, grid, nan_step.reshape(cell_shape))
     data["diverged_step"] = (
-        ("depth", "width", "batch_size", "lr", "seed"),
+        ("depth", "width", "batch_size", "init", "lr", "seed"),
         diverged_step.reshape(shape),
         {
             "long_name": "first step with a NaN loss or a training loss above the initial one (-1: none)",
@@ -219,6 +223,7 @@ def _dataset(
         "depth": [depth],
         "width": [width],
         "batch_size": ("batch_size", [batch_size], {"long_name": "chorales per SGD step"}),
+        "init": ("init", list(config.init), {"long_name": "initialisation of the recurrent weights"}),
         "lr": ("lr", list(config.lr), {"long_name": "SGD learning rate η"}),
         "seed": list(config.seed),
         "step": ("time", grid, {"units": "SGD steps", "long_name": "SGD step"}),
@@ -238,7 +243,7 @@ def _dataset(
 
 
 def summary(scan: xr.Dataset) -> xr.Dataset:
-    """Per cell (depth, width, batch_size, lr): divergences, first one, share of unsafe steps, λ_max·η/2.
+    """Per cell (depth, width, B, init, lr): divergences, first one, share of unsafe steps, λ_max·η/2.
 
     ``over_share`` counts the steps before a run's divergence; ``sharpness_ratio`` is the largest
     λ_max η / 2 measured before it (> 1: beyond the edge of stability).
@@ -290,6 +295,7 @@ TABLE_COLUMNS = (  # header, variable, format
     ("d", "depth", "{:d}"),
     ("w", "width", "{:d}"),
     ("B", "batch_size", "{:d}"),
+    ("init", "init", "{}"),
     ("η", "lr", "{:g}"),
     ("diverged", "n_diverged", "{:d}"),
     ("first divergence (step)", "first_divergence", "{:.0f}"),
@@ -301,7 +307,7 @@ TABLE_COLUMNS = (  # header, variable, format
 
 
 def table(scan: xr.Dataset) -> str:
-    """Write the scan as a Markdown table, one row per (depth, width, B, η)."""
+    """Write the scan as a Markdown table, one row per (depth, width, B, init, η)."""
     n_seeds, safety = scan.sizes["seed"], scan.attrs.get("safety_norm", float("nan"))
     lines = [
         f"Stability scan: unclipped constant-η SGD, {int(scan.attrs.get('steps', 0))} steps, "
@@ -311,7 +317,7 @@ def table(scan: xr.Dataset) -> str:
         "| " + " | ".join(header for header, _, _ in TABLE_COLUMNS) + " |",
         "|" + "---:|" * len(TABLE_COLUMNS),
     ]
-    rows = scan[[name for _, name, _ in TABLE_COLUMNS[4:]]].to_dataframe().reset_index()
+    rows = scan[[name for _, name, _ in TABLE_COLUMNS[5:]]].to_dataframe().reset_index()
     for row in rows.itertuples(index=False):
         cells = []
         for _, name, fmt in TABLE_COLUMNS:

@@ -6,7 +6,7 @@ rule scan_stability:
     """Every (lr, seed) of one (depth, width, batch size), unclipped: divergence, unsafe steps, sharpness."""
     input:
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "train", "probes", "divergence", "stability"),
+        code=code("model", "ensemble", "sgd", "resume", "train", "probes", "divergence", "stability"),
     output:
         scan=f"{STABILITY_CELL}.nc",
     log:

@@ -35,7 +35,7 @@ if not UNDER_DVC:
                 f"{train_rule}_s{pack}"
             input:
                 encoded=upstream(rules.publish_data.output.encoded),
-                code=code("model", "ensemble", "train"),
+                code=code("model", "ensemble", "sgd", "resume", "train"),
             output:
                 pack_outputs(run_pattern, seeds),
             log:
@@ -66,7 +66,7 @@ else:
                 train_rule
             input:
                 encoded=upstream(rules.publish_data.output.encoded),
-                code=code("model", "ensemble", "train"),
+                code=code("model", "ensemble", "sgd", "resume", "train"),
             output:
                 f"{run_pattern}/trajectory.nc",
             log:

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bachglass import floor_runs, io, train
+from bachglass import floor_runs, io, resume, train
 from bachglass.errors import run_step
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def main() -> None:
         out = floor_runs.train_setting(encoded, snakemake.params.train, runs, lr, batch_size, checkpoints)
     io.write_netcdf(out, output)
     for checkpoint in checkpoints:
-        train.remove_checkpoint(checkpoint)
+        resume.remove_checkpoint(checkpoint)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bachglass import io, train
+from bachglass import io, sgd, train
 from bachglass.errors import run_step
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def main() -> None:
         depth=int(snakemake.wildcards.depth),
         width=int(snakemake.wildcards.width),
         seeds=list(job["pack"]),
-        config=train.TrainConfig(**snakemake.params.train),
+        config=sgd.TrainConfig(**snakemake.params.train),
         runs=[Path(run) for run in job["runs"]],
         wanted=[Path(path) for path in snakemake.output],
         cache=CACHE,
