@@ -1,18 +1,23 @@
 """Stability scan outside the pipeline, for grids larger than the pipeline's (a many-core node).
 
 Runs :func:`bachglass.stability.scan_cell` for every (depth, width, B) on a process pool and writes
-``<out>/d{d}_w{w}_B{B}.nc``, the combined ``<out>/stability.nc`` and a summary table
+``<out>/d{d}_w{w}_B{B}.<key>.nc`` (key: a hash of what it was scanned with, so a rerun with other
+settings never reuses a cell), the combined ``<out>/stability.nc`` and a summary table
 ``<out>/stability.md``. The cells the default study's choice of η and B rests on came from
 
     python experiments/stability_scan.py --depth 1 2 --width 8 16 32 --batch 1 2 4 \
         --lr 0.2 0.1 0.05 0.025 0.0125 --seed 0 1 --steps 50000 --jobs 16 --out results/experiments/stability
 
-(the pipeline's rule ``scan_stability`` reruns a subset of it inside every study).
+(the pipeline's rule ``scan_stability`` reruns a subset of it inside every study). The comparison of
+recurrent-weight initialisations (docs/stability.md) is the same script with ``--init pytorch orthogonal``.
 """
 
 import argparse
+import hashlib
+import json
 import logging
 import time
+from dataclasses import asdict
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -23,9 +28,11 @@ from bachglass import io, model, stability, train
 
 
 def run_one(job: tuple[Path, dict, stability.ScanConfig, int, int, int]) -> Path:
-    """Scan one (depth, width, B) on one core; cached by file."""
+    """Scan one (depth, width, B) on one core; cached by file, named by everything it was scanned with."""
     out, params, config, depth, width, batch = job
-    path = out / f"d{depth}_w{width}_B{batch}.nc"
+    scanned = asdict(config) | {"depth": depth, "width": width, "batch_size": batch, "train": params["train"]}
+    key = hashlib.sha256(json.dumps(scanned, sort_keys=True).encode()).hexdigest()[:12]
+    path = out / f"d{depth}_w{width}_B{batch}.{key}.nc"
     if not path.exists():
         torch.set_num_threads(1)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

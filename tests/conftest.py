@@ -144,7 +144,7 @@ def fits_config(**overrides):
 
 def train_config(**overrides):
     """A TrainConfig for tiny synthetic runs on CPU: full batch, 60 steps, float32 unless overridden."""
-    from bachglass.train import TrainConfig
+    from bachglass.sgd import TrainConfig
 
     base = dict(
         cell="rnn_tanh",

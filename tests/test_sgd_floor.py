@@ -14,6 +14,7 @@ from bachglass.sgd_floor import FloorConfig, analyse
 
 TRAIN = {
     "cell": "rnn_tanh",
+    "init": "pytorch",
     "checkpoints_per_decade": 10,
     "resume_every": 50,
     "dtype": "float64",

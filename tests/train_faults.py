@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from bachglass import io, train
-from bachglass.train import Ensemble, TrainConfig
+from bachglass.sgd import Ensemble, TrainConfig
 
 DEPTH, WIDTH, SEEDS = 2, 8, [0, 1]
 START = "training starts"  # on stderr once the imports and the data are done

@@ -29,6 +29,7 @@ TRAJECTORY_ATTRS = ("n_parameters", "data_floor", "status", "diverged_step")
 # how the run was trained, carried to the study
 TRAINING_ATTRS = (
     "cell",
+    "init",
     "lr",
     "batch_size",
     "clip_norm",

@@ -1,8 +1,8 @@
-"""Stability scan: unclipped constant-η minibatch SGD over a grid of learning rates and batch sizes.
+"""Stability scan: unclipped constant-η minibatch SGD over learning rates, batch sizes and initialisations.
 
 Deep tanh RNNs trained with a large constant step do not fail at once: the Hessian's top eigenvalue
 λ_max grows as they learn (progressive sharpening) until it passes 2/η, and then, after 10³ to 10⁴
-steps, the loss jumps back up or becomes NaN. The scan trains each cell (depth, width, η, B) without
+steps, the loss jumps back up or becomes NaN. The scan trains each cell (depth, width, η, B, init) without
 any clipping for as long as the study's own runs and records, per run:
 
 - whether and when it diverged: the loss became NaN, or the full training-set loss went back above
@@ -11,11 +11,12 @@ any clipping for as long as the study's own runs and records, per run:
   clip at that norm would have touched;
 - λ_max at log-spaced checkpoints, to compare with 2/η.
 
-All learning rates and seeds of one (depth, width, B) train as one batched ensemble
-(:class:`~bachglass.ensemble.EnsembleEngine`): each member its own θ, η and divergence; the
-members of one seed share that seed's initialisation and minibatch order, so the runs of one seed
-differ in η only. The update θ ← θ − η_m g is the one of :meth:`bachglass.sgd.Ensemble.update`
-without a clip, with η per member.
+All initialisations (``train.init``), learning rates and seeds of one (depth, width, B) train as one
+batched ensemble (:class:`~bachglass.ensemble.EnsembleEngine`): each member its own θ, η and
+divergence; the members of one seed share that seed's minibatch order (and, within one init, its
+initial θ), so the runs of one seed differ in η and the recurrent weights' initialisation only.
+The update θ ← θ − η_m g is the one of :meth:`bachglass.sgd.Ensemble.update` without a clip, with η
+per member.
 """
 
 import logging

@@ -122,7 +122,7 @@ def aging_params():
 def stability_cells():
     """Every cell file of the stability scan (none when one of its lists is empty)."""
     scan = config["stability"]
-    if not (scan["lr"] and scan["seed"]):
+    if not (scan["init"] and scan["lr"] and scan["seed"]):
         return []
     return expand(f"{STABILITY_CELL}.nc", depth=scan["depth"], width=scan["width"], batch=scan["batch_size"])
 

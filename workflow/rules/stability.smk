@@ -1,12 +1,12 @@
-# The stability scan: unclipped constant-eta minibatch SGD over a grid of learning rates and batch sizes
+# The stability scan: unclipped constant-eta minibatch SGD over learning rates, batch sizes and inits
 # (params.yaml stability:), from which the default study's eta and B are chosen (docs/stability.md).
 
 
 rule scan_stability:
-    """Every (lr, seed) of one (depth, width, batch size), unclipped: divergence, unsafe steps, sharpness."""
+    """Every (init, lr, seed) of one (depth, width, batch size), unclipped: divergence, unsafe steps, sharpness."""
     input:
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "sgd", "resume", "train", "probes", "divergence", "stability"),
+        code=code("model", "ensemble", "sgd", "train", "probes", "divergence", "stability"),
     output:
         scan=f"{STABILITY_CELL}.nc",
     log:
@@ -24,7 +24,7 @@ rule scan_stability:
 
 
 rule combine_stability:
-    """The scan's cells in one dataset, and its table (a row per depth, width, batch size and lr)."""
+    """The scan's cells in one dataset, and its table (a row per depth, width, batch size, init and lr)."""
     input:
         scans=upstream(stability_cells()),
         code=code("stability"),

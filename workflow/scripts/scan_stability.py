@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def main() -> None:
-    """Train every (lr, seed) of the cell as one batched model and write its scan."""
+    """Train every (init, lr, seed) of the cell as one batched model and write its scan."""
     torch.set_num_threads(snakemake.threads)
     scan = stability.scan_cell(
         io.read_netcdf(snakemake.input.encoded, required=train.ENCODED_VARIABLES),
