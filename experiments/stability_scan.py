@@ -13,8 +13,6 @@ recurrent-weight initialisations (docs/stability.md) is the same script with ``-
 """
 
 import argparse
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -31,7 +29,7 @@ def run_one(job: tuple[Path, dict, stability.ScanConfig, int, int, int]) -> Path
     """Scan one (depth, width, B) on one core; cached by file, named by everything it was scanned with."""
     out, params, config, depth, width, batch = job
     scanned = asdict(config) | {"depth": depth, "width": width, "batch_size": batch, "train": params["train"]}
-    key = hashlib.sha256(json.dumps(scanned, sort_keys=True).encode()).hexdigest()[:12]
+    key = io.params_sha256(scanned)[:12]
     path = out / f"d{depth}_w{width}_B{batch}.{key}.nc"
     if not path.exists():
         torch.set_num_threads(1)
