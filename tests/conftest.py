@@ -129,6 +129,8 @@ def fits_config(**overrides):
 
     base = dict(
         window_start=[100],
+        tail_factor=3.0,
+        tail_min_decades=0.5,
         floor_factor=2.0,
         max_width_ratio=2.0,
         min_widths=3,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bachglass import checks
+from bachglass import checks, legacy_checks
 from bachglass.fits import OVER, UNDER, UNDETERMINED
 
 DEPTHS, WIDTHS, SEEDS, EPS = [1, 2, 3], [4, 8, 12, 16, 24], [0, 1, 2], [0.3, 0.1, 0.05]
@@ -21,8 +21,19 @@ def fits(**overrides: object) -> xr.Dataset:
     w_c_boot = w_c + rng.normal(0, 0.2, (N_BOOT, *w_c.shape))
     star = np.array([17.0, 15.0, 13.0])
     phase = np.array([[UNDER, UNDER, UNDETERMINED, OVER, OVER]] * 3)
+    alpha = np.linspace(0.3, 2.0, len(WIDTHS))[:, None] + rng.normal(0, 0.05, shape)
     ds = xr.Dataset(
         {
+            "has_tail": (run, np.ones(shape, bool)),
+            "tail_fit_rms": (run, np.full(shape, 0.01)),
+            "tail_alpha": (run, alpha),
+            "nu_profile": ("depth", [1.0] * 3),
+            "nu_profile_lo": ("depth", [0.8] * 3),
+            "nu_profile_hi": ("depth", [1.3] * 3),
+            "nu_dchi2_1": ("depth", [0.0] * 3),
+            "nu_dchi2_2": ("depth", [12.0] * 3),
+            "extrapolation_eps": ("eps", [False, True, True]),
+            "w_c_star_fraction": ("depth", [1.0] * 3),
             "fit_rms": (run, np.full(shape, 0.01)),
             "alpha": (run, np.broadcast_to(np.linspace(0.3, 2.0, len(WIDTHS))[:, None], shape).copy()),
             "alpha_err": (run, np.full(shape, 0.02)),
@@ -36,6 +47,7 @@ def fits(**overrides: object) -> xr.Dataset:
             "w_c": (crit, w_c),
             "w_c_boot": (("boot", *crit), w_c_boot),
             "r2": (crit, np.full(w_c.shape, 0.99)),
+            "r2_plain": (crit, np.full(w_c.shape, 0.99)),
             "nu": (crit, np.full(w_c.shape, 1.0)),
             "nu_lo": (crit, np.full(w_c.shape, 0.8)),
             "nu_hi": (crit, np.full(w_c.shape, 1.3)),
@@ -43,6 +55,10 @@ def fits(**overrides: object) -> xr.Dataset:
             "w_c_star_lo": ("depth", star - 1),
             "w_c_star_hi": ("depth", star + 1),
             "w_c_star_boot": (("boot", "depth"), star + rng.normal(0, 0.3, (N_BOOT, 3))),
+            "w_c_star_legacy": ("depth", star),
+            "w_c_star_legacy_lo": ("depth", star - 1),
+            "w_c_star_legacy_hi": ("depth", star + 1),
+            "w_c_star_legacy_boot": (("boot", "depth"), star + rng.normal(0, 0.3, (N_BOOT, 3))),
             "mu": (net, np.full(phase.shape, 1.0)),
             "mu_lo": (net, np.full(phase.shape, 0.9)),
             "mu_hi": (net, np.full(phase.shape, 1.1)),
@@ -65,22 +81,26 @@ def fits(**overrides: object) -> xr.Dataset:
     return ds
 
 
-def test_fits_that_show_every_claim_pass_every_check():
-    results = checks.run_checks(fits())
+@pytest.mark.parametrize("module", [checks, legacy_checks])
+def test_fits_that_show_every_claim_pass_every_check(module):
+    results = module.run_checks(fits())
     assert [c.number for c in results] == [1, 2, 3, 4, 5, 6, 7, 7]  # 7: the collapse, the restart test
-    assert [c.verdict for c in results] == ["PASS"] * 8
+    assert [c.verdict for c in results] == ["PASS"] * 8, [c.measured for c in results if not c.passed]
 
 
 @pytest.mark.parametrize(
     ("number", "override"),
     [
-        (1, {"fit_rms": 0.2}),  # the power law misses the late loss
-        (1, {"alpha": 1.0}),  # alpha does not depend on d and w
+        (1, {"tail_fit_rms": 0.2}),  # the power law misses the tails
+        (1, {"tail_alpha": 1.0}),  # alpha does not depend on d and w
+        (1, {"has_tail": False}),  # no run has a tail within the budget: not testable
         (2, {"phase": [OVER, UNDER, UNDETERMINED, UNDER, OVER]}),  # phases do not split at one width
-        (3, {"r2": 0.8}),  # 1/tau is not linear in w
-        (3, {"nu_hi": 10.0}),  # nu not determined
+        (3, {"nu_dchi2_1": 9.0}),  # nu = 1 rejected
+        (3, {"nu_dchi2_2": 1.0}),  # nu = 2 not rejected: nu not determined
+        (3, {"nu_profile": np.nan}),  # no critical fit at the extrapolation eps
         (4, {"w_c": 13.0, "w_c_boot": 13.0}),  # w_c does not depend on eps
         (4, {"w_c_star_lo": 30.0, "w_c_star_hi": 32.0}),  # w_c* far from the L_inf phase boundary
+        (4, {"w_c_star_lo": -np.inf}),  # w_c* not determined (replicas without a fit)
         (5, {"w_c_star": 13.0, "w_c_star_boot": 13.0}),  # no depth dependence
         (6, {"mu_lo": 0.3, "mu_hi": 0.5}),  # sub-aging, not simple aging
         (7, {"S_long": 0.05}),  # the collapse does not fail at long times
@@ -94,11 +114,39 @@ def test_a_claim_that_does_not_show_fails_its_check_and_only_that(number, overri
     assert failed == [number], [(c.number, c.measured) for c in results]
 
 
-def test_table_prints_the_numbers_and_the_verdicts():
-    text = checks.table(checks.run_checks(fits(fit_rms=0.2)))
+def test_a_replica_without_w_c_star_counts_against_the_depth_effect():
+    boot = fits()["w_c_star_boot"].values.copy()
+    boot[: N_BOOT // 10, 0] = np.nan  # 10 % of the replicas have no w_c* at the first depth
+    assert not checks.depth_dependence(fits(w_c_star_boot=boot)).passed
+    assert legacy_checks.depth_dependence(fits(w_c_star_legacy_boot=boot)).passed  # dropped there
+
+
+@pytest.mark.parametrize(
+    ("number", "override"),
+    [
+        (1, {"fit_rms": 0.2}),  # the power law misses the late loss
+        (1, {"alpha": 1.0}),  # alpha does not depend on d and w
+        (3, {"r2_plain": 0.8}),  # 1/tau is not linear in w
+        (3, {"nu_hi": 10.0}),  # nu not determined
+        (4, {"w_c_star_legacy_lo": 30.0, "w_c_star_legacy_hi": 32.0}),  # w_c* far from the boundary
+        (5, {"w_c_star_legacy": 13.0, "w_c_star_legacy_boot": 13.0}),  # no depth dependence
+    ],
+)
+def test_the_legacy_criteria_read_the_legacy_variables(number, override):
+    failed = [c.number for c in legacy_checks.run_checks(fits(**override)) if not c.passed]
+    assert failed == [number]
+
+
+def test_table_prints_the_numbers_and_the_verdicts_new_and_old():
+    ds = fits(tail_fit_rms=0.2)
+    text = checks.table(checks.run_checks(ds))
     assert text.count("\n") == 10  # header, rule, 8 checks (7 in two parts)
     assert "**FAIL**" in text and "**PASS**" in text
     assert "w_c*: d1 17.0, d2 15.0, d3 13.0" in text
+    both = checks.table(checks.run_checks(ds), legacy=legacy_checks.run_checks(ds))
+    assert both.splitlines()[0].endswith("| old criteria |")
+    assert both.splitlines()[2].endswith("**FAIL** | PASS |")  # check 1: new FAIL, old PASS
+    assert "Old criteria (before calibration" in both
 
 
 def test_aging_checks_judge_the_aging_subset_when_there_is_one():

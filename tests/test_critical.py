@@ -206,3 +206,85 @@ def test_critical_leaves_invalid_eps_unfitted_and_extrapolates_over_the_rest():
     assert np.isnan(out["w_c"].sel(eps=0.02)).all() and (out["n_widths"].sel(eps=0.02) == 0).all()
     assert np.isnan(out["w_c_boot"].sel(eps=0.02)).all()
     np.testing.assert_allclose(out["w_c_star"], [14.0, 10.0], atol=1e-6)  # a line through eps 0.1, 0.05
+
+
+# the fits that follow the data: seed scatter in the weights, the profile of nu, one extrapolation set
+from bachglass.critical import (  # noqa: E402
+    DCHI2,
+    NU_GRID,
+    counted_interval,
+    extrapolate_fixed,
+    extrapolation_set,
+    nu_profile,
+    pooled_profile,
+    tau_scatter,
+)
+
+
+def test_tau_scatter_recovers_the_seed_scatter_of_ln_tau_plus_the_grid_part():
+    rng = np.random.default_rng(1)
+    tau = 1e4 * np.exp(0.2 * rng.normal(size=(2, 40, 5, 3)))  # (depth, width, seed, eps)
+    tau[0, :2] = np.inf  # censored runs do not count
+    grid = np.log(10) / (CPD * np.sqrt(12))
+    np.testing.assert_allclose(tau_scatter(tau, CPD), np.sqrt(0.2**2 + grid**2), rtol=0.1)
+    assert tau_scatter(np.full((1, 3, 2, 1), np.inf), CPD) == pytest.approx(grid)
+
+
+def test_counted_interval_is_unbounded_when_too_many_replicas_have_no_fit():
+    boot = np.linspace(9.0, 11.0, 200)
+    assert np.isfinite(counted_interval(boot, 0.95)).all()
+    boot[:4] = np.nan  # 2 %: inside the 2.5 % tail, the interval stays finite
+    assert np.isfinite(counted_interval(boot, 0.95)).all()
+    boot[:10] = np.nan  # 5 %: the replicas without a fit outnumber the tail
+    lo, hi = counted_interval(boot, 0.95)
+    assert lo == -np.inf and hi == np.inf
+
+
+def test_extrapolation_set_is_the_smallest_eps_valid_at_every_depth():
+    eps = np.array([0.3, 0.1, 0.05, 0.03])
+    valid = np.array([[True, True, True, False], [True, True, False, False]])
+    assert extrapolation_set(eps, valid, 3).tolist() == [True, True, False, False]
+    assert extrapolation_set(eps, valid[:1], 2).tolist() == [False, True, True, False]
+
+
+def test_extrapolate_fixed_needs_a_fit_at_every_eps_of_the_set():
+    eps, use = np.array([0.3, 0.1, 0.05]), np.array([False, True, True])
+    assert extrapolate_fixed(eps, 14.0 - 20 * eps, use) == pytest.approx((14.0, -20.0))
+    assert np.isnan(extrapolate_fixed(eps, np.array([8.0, np.nan, 13.0]), use)).all()
+
+
+@pytest.mark.parametrize("nu", [1.0, 2.0])
+def test_nu_profile_keeps_the_true_exponent_and_rejects_the_other(nu):
+    # widths from 1 to 8 above w_c, 3 seeds with 15 % scatter: where nu is identifiable
+    w = np.repeat(np.arange(11.0, 19.0), 3)
+    rng = np.random.default_rng(2)
+    tau = A * 2 ** (nu - 1) * (w - 10.0) ** -nu * np.exp(0.15 * rng.normal(size=w.size))
+    lin = critical_fit(w, tau, 1e9, 0.15, 2.0, 3)
+    chi2 = nu_profile(w, tau, 1e9, 0.15, lin.w_max, lin)
+    _, lo, hi, d1, d2 = pooled_profile(chi2[None])
+    assert lo <= nu <= hi
+    assert (d1 < DCHI2 < d2) if nu == 1 else (d2 < DCHI2 < d1)
+    assert chi2.shape == NU_GRID.shape
+
+
+def test_real_design_widths_3_to_5_above_w_c_leave_nu_free_but_keep_w_c():
+    # the default study's case: the nearest widths that reach eps lie 4-6 widths above w_c = 10
+    w = np.repeat(np.array([14.0, 16.0, 20.0]), 3)
+    rng = np.random.default_rng(3)
+    tau = 1.8e5 / (w - 10.0) * np.exp(0.15 * rng.normal(size=w.size))
+    lin = critical_fit(w, tau, 7e4, 0.15, 2.0, 3)
+    assert lin.w_c == pytest.approx(10.0, abs=2.0)
+    _, lo, hi, d1, d2 = pooled_profile(nu_profile(w, tau, 7e4, 0.15, lin.w_max, lin)[None])
+    assert d1 < DCHI2 and d2 < DCHI2  # neither nu = 1 nor nu = 2 can be rejected: not identifiable
+    assert hi - lo > 1.0
+
+
+def test_critical_counts_the_transition_in_parameters():
+    study = tau_study(noise=0.0).assign(
+        n_parameters=(("depth", "width"), np.stack([2 * WIDTHS**2 + 10 * WIDTHS + d for d in (1, 2)]))
+    )
+    out = critical(study, xr.DataArray(True), CONFIG, n_scored_notes=100)
+    star = out["w_c_star"].values
+    np.testing.assert_allclose(out["n_star"], 2 * star**2 + 10 * star + np.array([1, 2]), rtol=1e-9)
+    np.testing.assert_allclose(out["n_per_note_star"], out["n_star"] / 100)
+    assert (out["n_star_lo"] <= out["n_star"]).all() and (out["n_star"] <= out["n_star_hi"]).all()

@@ -281,3 +281,35 @@ def test_fit_study_t_star_is_the_first_step_below_twice_the_floor(fits):
     assert np.isinf(t_star.sel(width=22)).all()
     expected = STEPS[np.argmax(STEPS >= C / 0.01 - 1)]
     assert t_star.sel(width=24, seed=0).item() == pytest.approx(expected, rel=0.13)
+
+
+# tails that follow the data: a plateau, a drop at tau_d, then L_inf + C t^-alpha
+from bachglass.fits import tail_fits  # noqa: E402
+from bachglass.observables import learning_time  # noqa: E402
+
+
+def transient_then_tail(tau_d, alpha, l_inf=0.01, steps=100_000):
+    step = checkpoint_steps(steps, 25)
+    loss = l_inf + (3.2 - l_inf) * (1 + step / tau_d) ** -alpha
+    return xr.DataArray(loss, dims="time", coords={"step": ("time", step)})
+
+
+def test_tail_fit_starts_after_the_runs_own_drop_and_recovers_alpha_where_a_fixed_window_does_not():
+    loss = transient_then_tail(tau_d=300.0, alpha=0.8)
+    tau = learning_time(loss, 0.0, 0.3)
+    tail = tail_fits(loss, tau, CONFIG, floor=0.0)
+    assert bool(tail["has_tail"]) and float(tail["tail_start"]) == pytest.approx(3 * float(tau))
+    assert float(tail["tail_alpha"]) == pytest.approx(0.8, abs=0.05)
+    assert float(tail["tail_fit_rms"]) < 0.01
+    fixed = fit_power_law(loss["step"].values, loss.values, 100)  # the window holds the drop
+    assert abs(fixed[2] - 0.8) > 0.1 or fixed[6] > 0.01
+
+
+def test_a_run_that_drops_too_late_or_never_has_no_tail_not_a_misfit():
+    late = transient_then_tail(tau_d=5_000.0, alpha=0.8)  # tau(0.3) ~ 1e5 x: no half decade left
+    never = transient_then_tail(tau_d=1e9, alpha=0.8)
+    runs = xr.concat([late, never], "run")
+    tau = learning_time(runs, 0.0, 0.3)
+    tail = tail_fits(runs, tau, CONFIG, floor=0.0)
+    assert not tail["has_tail"].any()
+    assert tail["tail_alpha"].isnull().all() and tail["tail_fit_rms"].isnull().all()

@@ -1,9 +1,12 @@
-"""Critical slowing down: w_c(d, ε) from 1/τ = (w - w_c)/A, the free exponent nu, and w_c* at ε → 0.
+"""Critical slowing down: w_c(d, ε) from 1/τ = (w - w_c)/A, a profile test of nu, and w_c* at ε → 0.
 
 Learning times τ(ε) that were never reached are right-censored (+inf), not dropped: they bound the
-line from below. Confidence intervals come from a bootstrap over seeds, resampled independently per
-width (runs of different widths are independent), so they include the seed-to-seed scatter that a
-curve-fit covariance misses.
+line from below. Each τ is uncertain by the checkpoint grid and by the seed-to-seed scatter of the
+run's time scale; both enter the weights (``tau_scatter`` is the scatter, pooled over the study).
+Confidence intervals come from a bootstrap over seeds, resampled independently per width (runs of
+different widths are independent). A replica without a fit is counted, not dropped: it makes an
+interval unbounded on that side (``_counted_quantiles``), so that "no fit in 30 % of the replicas"
+reads as "not determined", not as a narrow interval from the lucky 70 %.
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 from scipy.optimize import least_squares
+from scipy.stats import chi2
 
 if TYPE_CHECKING:
     from bachglass.fits import FitsConfig
 
+NU_GRID = np.round(np.arange(0.25, 4.0001, 0.05), 2)  # the profile of nu is tabulated here
+LEVEL = 0.95  # of the profile test of nu
+DCHI2 = float(chi2.ppf(LEVEL, 1))  # 3.84: a nu is rejected when its profile lies this far above the best
+
 
 @dataclass(frozen=True)
 class CriticalFit:
-    """1/τ = (w - w_c)/A over the widths ``used``; R² of the uncensored points."""
+    """1/τ = (w - w_c)/A over the widths ``used``; R² of the uncensored points, weighted as the fit."""
 
     w_c: float
     A: float
@@ -31,6 +39,7 @@ class CriticalFit:
     n_widths: int
     n_censored: int
     w_max: float
+    r2_plain: float = np.nan  # unweighted R² (the legacy criterion's)
 
 
 NO_FIT = CriticalFit(np.nan, np.nan, np.nan, 0, 0, np.nan)
@@ -41,11 +50,12 @@ def _linear_censored(
 ) -> tuple[float, float] | None:
     """Weighted least squares of 1/τ = s (w - w_c), with censored points as one-sided constraints.
 
-    sigma(1/τ) = rel_err/τ: τ is known to one checkpoint interval of a log grid. A censored point (τ =
-    +inf: not reached by t_max) says only 1/τ < 1/t_max; it adds a residual only when the line
-    predicts a learning time shorter than the run (a Tobit-like hinge), measured relative to the
-    prediction like the reached points' errors: one seed stuck on a plateau then weighs like one
-    outlier (at most 1/rel_err), instead of overruling every reached run. Returns (w_c, s).
+    sigma(1/τ) = rel_err/τ: τ is known to a relative error (checkpoint grid and seed scatter). A
+    censored point (τ = +inf: not reached by t_max) says only 1/τ < 1/t_max; it adds a residual only
+    when the line predicts a learning time shorter than the run (a Tobit-like hinge), measured
+    relative to the prediction like the reached points' errors: one seed stuck on a plateau then
+    weighs like one outlier (at most 1/rel_err), instead of overruling every reached run. The
+    solution does not depend on the value of ``rel_err``, only on its being relative. Returns (w_c, s).
     """
     done = np.isfinite(tau)
     y, sig = 1.0 / tau[done], rel_err / tau[done]
@@ -69,6 +79,12 @@ def _linear_censored(
     return float(fit.x[0]), float(fit.x[1])
 
 
+def _r2(y: np.ndarray, y_hat: np.ndarray, wt: np.ndarray) -> float:
+    """R² = 1 - Σ wt (y - ŷ)² / Σ wt (y - ȳ)², ȳ the weighted mean."""
+    mean = np.sum(wt * y) / np.sum(wt)
+    return float(1.0 - np.sum(wt * (y - y_hat) ** 2) / np.sum(wt * (y - mean) ** 2))
+
+
 def critical_fit(
     w: np.ndarray, tau: np.ndarray, t_max: float, rel_err: float, ratio: float, min_widths: int
 ) -> CriticalFit:
@@ -79,7 +95,7 @@ def critical_fit(
     all, so 1/τ is linear in w only near w_c: windows [lowest reached width, k-th] are tried for
     k = min_widths, … and the largest one whose top width is ≤ ratio x its own w_c is kept
     (self-consistent; no width is dropped by hand). Censored runs up to the window top constrain
-    the line from below (see :func:`_linear_censored`).
+    the line from below (see :func:`_linear_censored`). R² is weighted as the fit is (1/τ² x const).
     """
     keep = ~np.isnan(tau)
     w, tau = w[keep], tau[keep]
@@ -96,10 +112,39 @@ def critical_fit(
         w_c, s = fit
         done = window & np.isfinite(tau)
         y, y_hat = 1.0 / tau[done], s * (w[done] - w_c)
-        r2 = 1.0 - np.sum((y - y_hat) ** 2) / np.sum((y - y.mean()) ** 2)
+        r2, r2_plain = _r2(y, y_hat, tau[done] ** 2), _r2(y, y_hat, np.ones(y.size))
         n_cens = int(np.sum(window & ~np.isfinite(tau)))
-        best = CriticalFit(w_c, 1.0 / s, float(r2), k, n_cens, float(top))
+        best = CriticalFit(w_c, 1.0 / s, r2, k, n_cens, float(top), r2_plain)
     return best
+
+
+def _power_law_residual(
+    w: np.ndarray, tau: np.ndarray, t_max: float, sigma: float
+) -> tuple[np.ndarray, float]:
+    """Build the residual function of ln τ = ln A - nu ln(w - w_c) over (w_c, ln A, nu), and w_c's bound.
+
+    Reached runs: (prediction - ln τ)/sigma. Censored runs: a residual only where the model predicts
+    them to finish within t_max (w above w_c, predicted τ < t_max). w_c stays below the smallest
+    width that reached ε (else its τ would be infinite).
+    """
+    done = np.isfinite(tau)
+    ln_tau, ln_tmax = np.log(tau[done]), np.log(t_max)
+    w_top = float(w[done].min()) - 1e-6
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        gap = np.maximum(w - p[0], 1e-12)
+        pred = p[1] - p[2] * np.log(gap)
+        off = np.where(w[~done] > p[0], np.maximum(ln_tmax - pred[~done], 0.0), 0.0)
+        return np.concatenate([(pred[done] - ln_tau) / sigma, off / sigma])
+
+    return residual, w_top
+
+
+def _window(w: np.ndarray, tau: np.ndarray, w_max: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Select a critical fit's window of runs (diverged dropped); None with under 3 reached widths."""
+    keep = ~np.isnan(tau) & (w <= w_max)
+    w, tau = w[keep], tau[keep]
+    return (w, tau) if np.unique(w[np.isfinite(tau)]).size >= 3 else None
 
 
 def free_exponent_fit(
@@ -107,36 +152,70 @@ def free_exponent_fit(
 ) -> tuple[float, float, float]:
     """τ = A (w - w_c)^-nu with nu free, in log τ, over the widths ≤ ``w_max``: (w_c, A, nu).
 
-    Starts from the linear fit (nu = 1). w_c stays below the smallest width that reached ε (else its
-    τ would be infinite); censored runs add a residual only if predicted to finish within t_max.
+    Starts from the linear fit (nu = 1); see :func:`_power_law_residual`.
     """
-    keep = ~np.isnan(tau) & (w <= w_max)
-    w, tau = w[keep], tau[keep]
-    done = np.isfinite(tau)
-    if np.unique(w[done]).size < 3 or not np.isfinite(start.w_c):
+    runs = _window(w, tau, w_max)
+    if runs is None or not np.isfinite(start.w_c):
         return np.nan, np.nan, np.nan
-    ln_tau, sig = np.log(tau[done]), np.log1p(rel_err)
-    w_top = float(w[done].min()) - 1e-6
-    ln_tmax = np.log(t_max)
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        gap = np.maximum(w - p[0], 1e-12)
-        pred = p[1] - p[2] * np.log(gap)
-        off = np.where(w[~done] > p[0], np.maximum(ln_tmax - pred[~done], 0.0), 0.0)
-        return np.concatenate([(pred[done] - ln_tau) / sig, off / sig])
-
-    w_c0 = min(start.w_c, w_top - 0.5)
-    p0 = [w_c0, np.log(start.A), 1.0]
+    residual, w_top = _power_law_residual(*runs, t_max, np.log1p(rel_err))
+    p0 = [min(start.w_c, w_top - 0.5), np.log(start.A), 1.0]
     lower, upper = [-np.inf, -np.inf, 0.05], [w_top, np.inf, 10.0]
     fit = least_squares(residual, p0, bounds=(lower, upper), x_scale="jac")
     return float(fit.x[0]), float(np.exp(fit.x[1])), float(fit.x[2])
 
 
-def extrapolate(eps: np.ndarray, w_c: np.ndarray, n: int) -> tuple[float, float]:
-    """w_c* and slope of w_c(ε) = w_c* + b ε over the ``n`` smallest ε with a finite w_c.
+def nu_profile(
+    w: np.ndarray, tau: np.ndarray, t_max: float, sigma: float, w_max: float, start: CriticalFit
+) -> np.ndarray:
+    """χ²(nu) on :data:`NU_GRID`, minimised over w_c and A at each nu (the profile), in ln τ.
 
-    Linear in ε over the smallest thresholds (docs/science.md §1.7 e, the default form): with three or
-    four thresholds a free exponent gamma would not be determined. NaN when fewer than two points.
+    ``sigma`` is the standard deviation of ln τ (grid and seed scatter). χ²(nu) - min χ² is the
+    likelihood-ratio statistic of that nu against free nu (χ²₁ under the null, asymptotically; the
+    calibration harness measures its real rates at the study's design). NaN without a linear fit
+    or with fewer than 3 reached widths in its window.
+    """
+    out = np.full(NU_GRID.size, np.nan)
+    runs = _window(w, tau, w_max)
+    if runs is None or not np.isfinite(start.w_c):
+        return out
+    residual, w_top = _power_law_residual(*runs, t_max, sigma)
+    order = np.argsort(np.abs(NU_GRID - 1.0), kind="stable")  # walk out from nu = 1, warm-started
+    starts = {1.0: np.array([min(start.w_c, w_top - 0.5), np.log(start.A)])}
+    for i in order:
+        nu = float(NU_GRID[i])
+        near = min(starts, key=lambda k: abs(k - nu))
+        fit = least_squares(
+            lambda p, nu=nu: residual(np.array([p[0], p[1], nu])),
+            starts[near],
+            bounds=([-np.inf, -np.inf], [w_top, np.inf]),
+            x_scale="jac",
+        )
+        starts[nu] = fit.x
+        out[i] = 2 * fit.cost
+    return out
+
+
+def pooled_profile(chi2_table: np.ndarray) -> tuple[float, float, float, float, float]:
+    """Best nu, its profile interval and Δχ² at nu = 1 and 2, from the χ²(nu) rows summed.
+
+    Rows without a profile (NaN) are skipped; all NaN without any. The ε of one depth share their
+    runs, so a sum over them is not over independent data; the calibration measures what that does.
+    """
+    rows = chi2_table[np.isfinite(chi2_table).all(axis=-1)]
+    if rows.shape[0] == 0:
+        return (np.nan,) * 5
+    total = rows.sum(axis=0)
+    delta = total - total.min()
+    inside = NU_GRID[delta <= DCHI2]
+    at = {nu: float(delta[np.argmin(np.abs(NU_GRID - nu))]) for nu in (1.0, 2.0)}
+    return float(NU_GRID[np.argmin(delta)]), float(inside.min()), float(inside.max()), at[1.0], at[2.0]
+
+
+def extrapolate(eps: np.ndarray, w_c: np.ndarray, n: int) -> tuple[float, float]:
+    """Legacy w_c* (kept for the old criteria): a line over the ``n`` smallest ε with a finite w_c.
+
+    Which ε enter depends on which fits succeeded, so it differs between depths and replicas; the
+    current estimate is :func:`extrapolate_fixed`.
     """
     ok = np.isfinite(w_c)
     e, y = eps[ok], w_c[ok]
@@ -147,34 +226,97 @@ def extrapolate(eps: np.ndarray, w_c: np.ndarray, n: int) -> tuple[float, float]
     return float(intercept), float(slope)
 
 
-def _critical_all(
-    widths: np.ndarray, tau: np.ndarray, eps: np.ndarray, t_max: float, rel_err: float, config: FitsConfig
-) -> np.ndarray:
-    """Fit every (depth, ε) of τ (depth, width, seed, eps).
+def extrapolation_set(eps: np.ndarray, eps_valid: np.ndarray, n: int) -> np.ndarray:
+    """Pick the ``n`` smallest ε valid at every depth (a mask over ``eps``): one set for the study.
 
-    Returns (depth, eps, 8): [w_c, A, nu, R², n_widths, w_c*, slope of w_c(ε), widest width fitted];
-    w_c* and the slope are the same for every ε of a depth.
+    Fixed by the floors alone, before any fit: every depth and every bootstrap replica extrapolates
+    over the same thresholds.
+    """
+    valid = np.asarray(eps_valid, dtype=bool).reshape(-1, eps.size).all(axis=0)
+    chosen = np.flatnonzero(valid)[np.argsort(eps[valid], kind="stable")][:n]
+    mask = np.zeros(eps.size, dtype=bool)
+    mask[chosen] = True
+    return mask
+
+
+def extrapolate_fixed(eps: np.ndarray, w_c: np.ndarray, use: np.ndarray) -> tuple[float, float]:
+    """w_c* and slope of w_c(ε) = w_c* + b ε over the ε of ``use``: NaN unless every one has a fit.
+
+    Linear in ε over the smallest thresholds (docs/science.md §1.7 e): with two to four thresholds
+    a free exponent would not be determined. Fewer than two thresholds: NaN.
+    """
+    if use.sum() < 2 or not np.isfinite(w_c[use]).all():
+        return np.nan, np.nan
+    slope, intercept = np.polyfit(eps[use], w_c[use], 1)
+    return float(intercept), float(slope)
+
+
+FIELDS = ("w_c", "A", "nu", "r2", "n_widths", "w_fit_max", "r2_plain")
+
+
+def _critical_all(
+    widths: np.ndarray,
+    tau: np.ndarray,
+    eps: np.ndarray,
+    use: np.ndarray,
+    t_max: float,
+    sigma: np.ndarray,
+    config: FitsConfig,
+    profile: bool = False,
+) -> dict[str, np.ndarray]:
+    """Fit every (depth, ε) of τ (depth, width, seed, eps) with ln-τ scatter ``sigma`` per depth.
+
+    Returns arrays (depth, eps) named :data:`FIELDS`, the per-depth w_c* and its slope (over the ε of
+    ``use``, and the legacy ones), and with ``profile`` χ²(nu) (depth, eps, nu grid).
     """
     n_depth, _, n_seed, n_eps = tau.shape
-    out = np.full((n_depth, n_eps, 8), np.nan)
+    out = {name: np.full((n_depth, n_eps), np.nan) for name in FIELDS}
+    for name in ("w_c_star", "w_c_star_slope", "w_c_star_legacy", "w_c_star_legacy_slope"):
+        out[name] = np.full(n_depth, np.nan)
+    if profile:
+        out["nu_chi2"] = np.full((n_depth, n_eps, NU_GRID.size), np.nan)
     w = np.repeat(widths, n_seed)
     for d in range(n_depth):
+        rel = float(np.expm1(sigma[d]))
         for e in range(n_eps):
             t = tau[d, :, :, e].ravel()
-            lin = critical_fit(w, t, t_max, rel_err, config.max_width_ratio, config.min_widths)
-            nu = free_exponent_fit(w, t, t_max, rel_err, lin.w_max, lin)[2]
-            out[d, e, :5] = lin.w_c, lin.A, nu, lin.r2, lin.n_widths
-            out[d, e, 7] = lin.w_max
-        out[d, :, 5:7] = extrapolate(eps, out[d, :, 0], config.extrapolation_eps)
+            lin = critical_fit(w, t, t_max, rel, config.max_width_ratio, config.min_widths)
+            values = (lin.w_c, lin.A, np.nan, lin.r2, lin.n_widths, lin.w_max, lin.r2_plain)
+            for name, value in zip(FIELDS, values, strict=True):
+                out[name][d, e] = value
+            out["nu"][d, e] = free_exponent_fit(w, t, t_max, rel, lin.w_max, lin)[2]
+            if profile:
+                out["nu_chi2"][d, e] = nu_profile(w, t, t_max, float(sigma[d]), lin.w_max, lin)
+        out["w_c_star"][d], out["w_c_star_slope"][d] = extrapolate_fixed(eps, out["w_c"][d], use)
+        legacy = extrapolate(eps, out["w_c"][d], config.extrapolation_eps)
+        out["w_c_star_legacy"][d], out["w_c_star_legacy_slope"][d] = legacy
     return out
 
 
 def _quantiles(boot: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bootstrap quantiles along the first axis; NaN where no replica has a fit."""
+    """Lower and upper bootstrap quantiles along the first axis over the replicas with a fit (legacy)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: no fit in any replica
         lo, hi = np.nanquantile(boot, q, axis=0)
     return lo, hi
+
+
+def _counted_quantiles(boot: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap quantiles along the first axis with a replica without a fit counted as unbounded.
+
+    A NaN replica is -inf for the lower bound and +inf for the upper one: when more than (1 - ci)/2
+    of the replicas have no fit, that side of the interval is infinite. Order statistics, no
+    interpolation (which would turn -inf into NaN).
+    """
+    lo = np.quantile(np.where(np.isnan(boot), -np.inf, boot), q[0], axis=0, method="lower")
+    hi = np.quantile(np.where(np.isnan(boot), np.inf, boot), q[1], axis=0, method="higher")
+    return lo, hi
+
+
+def counted_interval(boot: np.ndarray, ci: float) -> tuple[float, float]:
+    """Return the ``ci`` interval of 1-D replicas, a replica without a value counted (see above)."""
+    lo, hi = _counted_quantiles(np.asarray(boot, dtype=np.float64), [(1 - ci) / 2, (1 + ci) / 2])
+    return float(lo), float(hi)
 
 
 def _bootstrap_seeds(tau: np.ndarray, rng: np.random.Generator, per_decade: float) -> np.ndarray:
@@ -191,6 +333,25 @@ def _bootstrap_seeds(tau: np.ndarray, rng: np.random.Generator, per_decade: floa
     return resampled * 10 ** (-rng.random(resampled.shape) / per_decade)
 
 
+def tau_scatter(tau: np.ndarray, per_decade: float) -> np.ndarray:
+    """Estimate the sd of ln τ per depth: seed scatter pooled over (width, ε), plus the grid's.
+
+    The seed part is the pooled within-(width, ε) standard deviation over the seeds that reached ε
+    (Σ (ln τ - mean)² / Σ (n - 1)); the grid part is that of a log-uniform position inside one
+    checkpoint interval, ln 10 / (per_decade √12). A depth with no two seeds reaching the same ε
+    gets the grid part only.
+    """
+    ln = np.log(np.where(np.isfinite(tau) & (tau > 0), tau, np.nan))  # (depth, width, seed, eps)
+    n = np.isfinite(ln).sum(axis=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ss = np.nansum((ln - np.nanmean(ln, axis=2, keepdims=True)) ** 2, axis=2)
+    dof = np.clip(n - 1, 0, None).sum(axis=(1, 2))
+    seed = np.where(dof > 0, ss.sum(axis=(1, 2)) / np.maximum(dof, 1), 0.0)
+    grid = np.log(10) / (per_decade * np.sqrt(12))
+    return np.sqrt(seed + grid**2)
+
+
 CRITICAL_VARS = {
     "w_c": ("critical width: 1/tau = (w - w_c)/A", "1"),
     "A": ("critical amplitude A in tau = A/(w - w_c)", "SGD steps"),
@@ -198,56 +359,104 @@ CRITICAL_VARS = {
 }
 
 
-def critical(study: xr.Dataset, eps_valid: xr.DataArray, config: FitsConfig) -> xr.Dataset:
-    """w_c(d, ε), A, nu with seed-bootstrap CIs, and the extrapolated w_c*(d) (dims depth, eps, boot).
+def _n_at(widths: np.ndarray, n_params: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """N(d, w) at real widths: the exact quadratic through the grid's counts (N is quadratic in w).
 
-    Invalid thresholds (too close to a floor, ``eps_valid`` false) get no fit. The bootstrap
-    replicas are kept (``*_boot``) so that differences (w_c at two ε, w_c* at two depths) get
-    their own CIs downstream.
+    ±inf (an unbounded interval) maps to ±inf; NaN stays NaN.
+    """
+    coeffs = np.polyfit(widths, n_params, min(2, widths.size - 1))
+    finite = np.isfinite(w)
+    out = np.where(finite, np.polyval(coeffs, np.where(finite, w, 0.0)), w)
+    return out
+
+
+def critical(
+    study: xr.Dataset, eps_valid: xr.DataArray, config: FitsConfig, n_scored_notes: int | None = None
+) -> xr.Dataset:
+    """w_c(d, ε), A, nu with seed-bootstrap CIs, the profile of nu, w_c*(d) and N(d, w_c*).
+
+    Invalid thresholds (too close to a floor, ``eps_valid`` false) get no fit. w_c* extrapolates
+    over one set of ε (:func:`extrapolation_set`) at every depth and in every replica; the legacy
+    w_c* (each depth its own fitted ε) is kept for the old criteria. The bootstrap replicas are
+    kept (``*_boot``) so that differences (w_c at two ε, w_c* at two depths) get their own CIs
+    downstream. With ``study["n_parameters"]`` the transition is also counted in parameters,
+    N* = N(d, w_c*), and with ``n_scored_notes`` (P, the training set's scored notes) as N*/P.
     """
     diverged = study["diverged"].astype(bool) if "diverged" in study else False
     tau = study["tau"].where(~diverged)  # a diverged run is left out, not censored
-    tau = tau.transpose("depth", "width", "seed", "eps").where(eps_valid).values  # NaN: not fitted
+    valid = xr.DataArray(eps_valid).broadcast_like(study["tau"].isel(width=0, seed=0, drop=True))
+    valid = valid.transpose("depth", "eps")
+    tau = tau.transpose("depth", "width", "seed", "eps").where(valid).values  # NaN: not fitted
     widths, eps = study["width"].values.astype(np.float64), study["eps"].values
     t_max = float(study["step"].values[-1])
-    rel_err = 10 ** (1 / float(study.attrs["checkpoints_per_decade"])) - 1
     per_decade = float(study.attrs["checkpoints_per_decade"])
+    sigma = tau_scatter(tau, per_decade)
+    use = extrapolation_set(eps, valid.values, config.extrapolation_eps)
     # the crossing lies in the grid interval before the checkpoint τ: its log-middle for the point fit
-    point = _critical_all(widths, tau * 10 ** (-0.5 / per_decade), eps, t_max, rel_err, config)
+    fit = (widths, eps, use, t_max, sigma, config)
+    point = _critical_all(widths, tau * 10 ** (-0.5 / per_decade), *fit[1:], profile=True)
     rng = np.random.default_rng(config.seed)
-    boot = np.stack(
-        [
-            _critical_all(widths, _bootstrap_seeds(tau, rng, per_decade), eps, t_max, rel_err, config)
-            for _ in range(config.n_boot)
-        ]
-    )
+    reps = [
+        _critical_all(widths, _bootstrap_seeds(tau, rng, per_decade), *fit[1:]) for _ in range(config.n_boot)
+    ]
+    boot = {name: np.stack([r[name] for r in reps]) for name in reps[0]}
     q = [(1 - config.ci) / 2, (1 + config.ci) / 2]
     dims, coords = ("depth", "eps"), {"depth": study["depth"], "eps": study["eps"]}
     ds = xr.Dataset(coords=coords)
-    for i, name in enumerate(CRITICAL_VARS):
-        ds[name] = (dims, point[..., i])
-        ds[f"{name}_boot"] = (("boot", *dims), boot[..., i])
-        lo, hi = _quantiles(boot[..., i], q)
-        no_fit = ~np.isfinite(point[..., i])  # no interval around a fit the data do not give
-        ds[f"{name}_lo"], ds[f"{name}_hi"] = (
-            (dims, np.where(no_fit, np.nan, lo)),
-            (dims, np.where(no_fit, np.nan, hi)),
-        )
-    ds["r2"] = (dims, point[..., 3])
-    ds["fit_fraction"] = (dims, np.isfinite(boot[..., 0]).mean(axis=0))
-    ds["n_widths"] = (dims, np.nan_to_num(point[..., 4]).astype(np.int64))
-    ds["w_fit_max"] = (dims, point[..., 7])
-    ds["w_c_star"] = ("depth", point[:, 0, 5])
-    ds["w_c_star_slope"] = ("depth", point[:, 0, 6])
-    ds["w_c_star_boot"] = (("boot", "depth"), boot[:, :, 0, 5])
-    lo, hi = _quantiles(boot[:, :, 0, 5], q)
-    no_fit = ~np.isfinite(point[:, 0, 5])
-    ds["w_c_star_lo"], ds["w_c_star_hi"] = (
-        ("depth", np.where(no_fit, np.nan, lo)),
-        ("depth", np.where(no_fit, np.nan, hi)),
-    )
+    for name in CRITICAL_VARS:
+        ds[name] = (dims, point[name])
+        ds[f"{name}_boot"] = (("boot", *dims), boot[name])
+        lo, hi = (_quantiles if name == "nu" else _counted_quantiles)(boot[name], q)
+        no_fit = ~np.isfinite(point[name])  # no interval around a fit the data do not give
+        ds[f"{name}_lo"] = (dims, np.where(no_fit, np.nan, lo))
+        ds[f"{name}_hi"] = (dims, np.where(no_fit, np.nan, hi))
+    ds["r2"] = (dims, point["r2"])
+    ds["r2_plain"] = (dims, point["r2_plain"])
+    ds["fit_fraction"] = (dims, np.isfinite(boot["w_c"]).mean(axis=0))
+    ds["n_widths"] = (dims, np.nan_to_num(point["n_widths"]).astype(np.int64))
+    ds["w_fit_max"] = (dims, point["w_fit_max"])
+    ds["tau_scatter"] = ("depth", sigma)
+    ds["extrapolation_eps"] = ("eps", use)
+    ds["nu_chi2"] = ((*dims, "nu_grid"), point["nu_chi2"])
+    pooled = np.array([pooled_profile(point["nu_chi2"][d][use]) for d in range(sigma.size)])
+    for k, name in enumerate(("nu_profile", "nu_profile_lo", "nu_profile_hi", "nu_dchi2_1", "nu_dchi2_2")):
+        ds[name] = ("depth", pooled[:, k])
+    for name, counted in (("w_c_star", True), ("w_c_star_legacy", False)):
+        ds[name] = ("depth", point[name])
+        ds[f"{name}_slope"] = ("depth", point[f"{name}_slope"])
+        ds[f"{name}_boot"] = (("boot", "depth"), boot[name])
+        lo, hi = (_counted_quantiles if counted else _quantiles)(boot[name], q)
+        no_fit = ~np.isfinite(point[name])
+        ds[f"{name}_lo"] = ("depth", np.where(no_fit, np.nan, lo))
+        ds[f"{name}_hi"] = ("depth", np.where(no_fit, np.nan, hi))
+    ds["w_c_star_fraction"] = ("depth", np.isfinite(boot["w_c_star"]).mean(axis=0))
+    if "n_parameters" in study:
+        ds = ds.merge(_parameter_counts(study, ds, n_scored_notes))
     for name, (long_name, units) in CRITICAL_VARS.items():
         ds[name].attrs = {"long_name": long_name, "units": units}
         for suffix, what in (("_lo", "lower bound of"), ("_hi", "upper bound of"), ("_boot", "replicas of")):
             ds[name + suffix].attrs = {"long_name": f"seed-bootstrap {what} {name}", "units": units}
-    return ds.assign_coords(boot=np.arange(config.n_boot))
+    return ds.assign_coords(boot=np.arange(config.n_boot), nu_grid=NU_GRID)
+
+
+def _parameter_counts(study: xr.Dataset, ds: xr.Dataset, n_scored_notes: int | None) -> xr.Dataset:
+    """N* = N(d, w_c*) with its interval and replicas, and N*/P when P is known (dims depth, boot)."""
+    counts = study["n_parameters"]
+    counts = counts.max("seed") if "seed" in counts.dims else counts
+    widths = study["width"].values.astype(np.float64)
+    out = xr.Dataset()
+    n = {k: np.full(ds.sizes["depth"], np.nan) for k in ("", "_lo", "_hi")}
+    n_boot = np.full(ds["w_c_star_boot"].shape, np.nan)
+    for d in range(ds.sizes["depth"]):
+        row = counts.isel(depth=d).values.astype(np.float64)
+        for suffix in n:
+            n[suffix][d] = _n_at(widths, row, np.array([float(ds[f"w_c_star{suffix}"][d])]))[0]
+        n_boot[:, d] = _n_at(widths, row, ds["w_c_star_boot"].values[:, d])
+    for suffix, values in n.items():
+        out[f"n_star{suffix}"] = ("depth", values)
+    out["n_star_boot"] = (("boot", "depth"), n_boot)
+    if n_scored_notes:
+        for suffix in ("", "_lo", "_hi"):
+            out[f"n_per_note_star{suffix}"] = out[f"n_star{suffix}"] / float(n_scored_notes)
+        out["n_per_note_star_boot"] = out["n_star_boot"] / float(n_scored_notes)
+    return out

@@ -126,6 +126,12 @@ def edge(ax: Axes, x: np.ndarray, height: float, **style: object) -> None:
     ax.plot(x, np.full(np.size(x), height), transform=ax.get_xaxis_transform(), ls="none", ms=6, **style)
 
 
+def bars(value: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+    """Error bars [value - lo, hi - value]; NaN (no bar) where a bound is not finite (unbounded CI)."""
+    below, above = np.asarray(value) - np.asarray(lo), np.asarray(hi) - np.asarray(value)
+    return [np.where(np.isfinite(e), np.clip(e, 0, None), np.nan) for e in (below, above)]
+
+
 def finite(*values: float) -> bool:
     """Whether every value is a finite number (a fit that exists)."""
     return bool(np.all(np.isfinite(values)))

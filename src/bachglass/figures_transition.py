@@ -23,6 +23,7 @@ from bachglass.figures_layout import (
     TAU_LABEL,
     W_C_LABEL,
     WIDTH_LABEL,
+    bars,
     edge,
     eps_colours,
     eps_handles,
@@ -199,7 +200,7 @@ def critical_widths(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     for ax, depth in zip(axes[0], depths, strict=True):
         fit = fits.sel(depth=depth)
         w_c, lo, hi = (fit[name].values for name in ("w_c", "w_c_lo", "w_c_hi"))
-        err = [np.clip(w_c - lo, 0, None), np.clip(hi - w_c, 0, None)]
+        err = bars(w_c, lo, hi)  # an unbounded interval (replicas without a fit) gets no bar
         ax.errorbar(eps, w_c, yerr=err, color="C0", marker="o", ls="none", capsize=3, label="w_c(ε), CI")
         star, slope = float(fit["w_c_star"]), float(fit["w_c_star_slope"])
         s_lo, s_hi = float(fit["w_c_star_lo"]), float(fit["w_c_star_hi"])
@@ -236,7 +237,8 @@ def phase_diagram(study: xr.Dataset, fits: xr.Dataset) -> Figure:
 
     w_c*(d) (stars, bootstrap CI as horizontal bars) is the ε → 0 limit of the critical widths;
     the line joins the depths. The paper expects it to fall with depth and to separate the filled
-    (under-parametrized) from the open (over-parametrized) points.
+    (under-parametrized) from the open (over-parametrized) points. Each star is labelled with the
+    parameters at the transition, N* = N(d, w_c*), and N*/P (P: scored notes of the training set).
     """
     depths, widths = fits["depth"].values, fits["width"].values
     fig = Figure(figsize=(9.0, 1.6 + 0.8 * depths.size), layout="constrained")
@@ -248,9 +250,18 @@ def phase_diagram(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     star, lo, hi = (fits[name].values for name in ("w_c_star", "w_c_star_lo", "w_c_star_hi"))
     ok = np.isfinite(star)
     ax.plot(star[ok], depths[ok], color="k", lw=1.2, zorder=3)
-    err = [np.clip(star - lo, 0, None)[ok], np.clip(hi - star, 0, None)[ok]]
+    err = [e[ok] for e in bars(star, lo, hi)]
     star_style = {"color": "k", "marker": "*", "ms": 13, "mfc": "gold"}
     ax.errorbar(star[ok], depths[ok], xerr=err, ls="none", capsize=4, zorder=4, **star_style)
+    if "n_star" in fits:  # the transition counted in parameters (and per scored training note)
+        per_note = (
+            fits["n_per_note_star"].values if "n_per_note_star" in fits else np.full(star.shape, np.nan)
+        )
+        for w, d, n, r in zip(star[ok], depths[ok], fits["n_star"].values[ok], per_note[ok], strict=True):
+            text = f"N* = {n:.0f}" + (f", N*/P = {r:.2f}" if np.isfinite(r) else "")
+            ax.annotate(
+                text, (w, d), xytext=(0, 10), textcoords="offset points", ha="center", fontsize="small"
+            )
     handles = [
         *phase_handles(coloured=True),
         Line2D([], [], label="w_c*(d), CI: phase boundary", **star_style),

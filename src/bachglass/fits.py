@@ -36,6 +36,8 @@ class FitsConfig:
     """The ``fits`` section of params.yaml, key for key (see the comments there)."""
 
     window_start: Sequence[int]  # SGD steps; the first window is reported, the others give sensitivity
+    tail_factor: float  # a run's tail starts at tail_factor x its learning time at the largest eps
+    tail_min_decades: float  # ... and spans at least this many decades, else the run has no tail
     floor_factor: float
     max_width_ratio: float
     min_widths: int
@@ -127,6 +129,44 @@ def power_laws(
     return fits.to_dataset("quantity")
 
 
+TAIL_VARS = ("L_inf", "alpha", "alpha_err", "fit_rms")  # of fit_power_law, kept as tail_*
+
+
+def tail_fits(
+    smooth: xr.DataArray, tau_drop: xr.DataArray, config: FitsConfig, floor: float = 0.0
+) -> xr.Dataset:
+    """Power laws over each run's own tail: from ``tail_factor`` x τ(largest ε) to the end.
+
+    A fixed window would contain the learning drop of the nets that learn late and fit the drop,
+    not the tail. A run whose window [max(window_start[0], tail_factor τ), t_end] spans fewer than
+    ``tail_min_decades`` (or that never dropped: τ = inf, or diverged: NaN) has **no tail** within
+    the budget (``has_tail`` false, its tail fit NaN): not a misfit, a run too short to tell.
+    """
+    step = smooth["step"].values
+    first = float(config.window_start[0])
+    start = np.fmax(config.tail_factor * tau_drop.astype(np.float64), first).where(tau_drop.notnull())
+    has_tail = (start * 10**config.tail_min_decades <= float(step[-1])).rename("has_tail")
+    names = dict(zip(POWER_LAW_VARS, range(7), strict=True))
+
+    def fit_one(loss: np.ndarray, begin: float, tail: bool) -> np.ndarray:
+        if not tail:
+            return np.full(len(TAIL_VARS), np.nan)
+        out = fit_power_law(step, loss, begin, floor=floor)
+        return out[[names[v] for v in TAIL_VARS]]
+
+    fitted = xr.apply_ufunc(
+        fit_one,
+        smooth,
+        start,
+        has_tail,
+        input_core_dims=[["time"], [], []],
+        output_core_dims=[["quantity"]],
+        vectorize=True,
+        dask_gufunc_kwargs={"output_sizes": {"quantity": len(TAIL_VARS)}},
+    ).assign_coords(quantity=[f"tail_{v}" for v in TAIL_VARS])
+    return fitted.to_dataset("quantity").assign(has_tail=has_tail, tail_start=start.where(has_tail))
+
+
 def sgd_floor(L_inf: xr.DataArray) -> xr.DataArray:
     """Estimate the loss floor of the widest nets per depth: median over seeds of their fitted L_inf.
 
@@ -189,16 +229,46 @@ ATTRS = {  # name: (long_name, units)
     "t_star": ("first step with smoothed loss <= floor_factor * floor_ref", "SGD steps"),
     "clipped_fraction": ("fraction of all SGD steps with a clipped gradient", "1"),
     "eps_valid": ("eps far enough above the floors for a learning time", "1"),
-    "r2": ("R^2 of the linear fit of 1/tau in w (reached runs)", "1"),
+    "r2": ("R^2 of the linear fit of 1/tau in w (reached runs), weighted as the fit", "1"),
     "n_widths": ("widths that reached eps used in the critical fit", "1"),
     "w_fit_max": ("widest width inside the critical fit's window", "1"),
     "fit_fraction": ("fraction of bootstrap replicas with a critical fit", "1"),
     "w_c_star": ("interpolation transition: w_c extrapolated to eps -> 0", "1"),
-    "w_c_star_lo": ("lower bound of the seed-bootstrap interval of w_c_star", "1"),
-    "w_c_star_hi": ("upper bound of the seed-bootstrap interval of w_c_star", "1"),
+    "w_c_star_lo": ("lower bound of w_c_star (a replica without a fit counts as -inf)", "1"),
+    "w_c_star_hi": ("upper bound of w_c_star (a replica without a fit counts as +inf)", "1"),
     "w_c_star_slope": ("slope b of w_c(eps) = w_c_star + b eps", "1/(" + NATS + ")"),
     "w_c_star_boot": ("seed-bootstrap replicas of w_c_star", "1"),
     "window": ("start of the power-law fit window", "SGD steps"),
+    "has_tail": ("the tail window (tail_factor tau(largest eps) to the end) spans tail_min_decades", "1"),
+    "tail_start": ("start of the run's tail window", "SGD steps"),
+    "tail_L_inf": ("asymptotic loss of the power-law fit over the run's tail window", NATS),
+    "tail_alpha": ("power-law exponent of L - L_inf over the run's tail window", "1"),
+    "tail_alpha_err": ("curve-fit standard error of tail_alpha", "1"),
+    "tail_fit_rms": ("rms residual of ln L about the power law over the run's tail window", "1"),
+    "r2_plain": ("unweighted R^2 of the linear fit of 1/tau in w (the legacy criterion's)", "1"),
+    "tau_scatter": ("standard deviation of ln tau: seed scatter pooled over width and eps, and grid", "1"),
+    "extrapolation_eps": ("eps used for w_c_star at every depth and replica", "1"),
+    "nu_chi2": ("profile chi^2 of nu in tau = A (w - w_c)^-nu (w_c, A minimised)", "1"),
+    "nu_grid": ("exponent nu of the profile", "1"),
+    "nu_profile": ("best nu of the profile summed over the extrapolation eps", "1"),
+    "nu_profile_lo": ("lower end of the 95% profile interval of nu", "1"),
+    "nu_profile_hi": ("upper end of the 95% profile interval of nu", "1"),
+    "nu_dchi2_1": ("profile chi^2 at nu = 1 minus its minimum (likelihood ratio of nu = 1)", "1"),
+    "nu_dchi2_2": ("profile chi^2 at nu = 2 minus its minimum (likelihood ratio of nu = 2)", "1"),
+    "w_c_star_fraction": ("fraction of bootstrap replicas with a w_c_star", "1"),
+    "w_c_star_legacy": ("legacy w_c_star: each depth over its own 3 smallest fitted eps", "1"),
+    "w_c_star_legacy_lo": ("lower bound of the legacy w_c_star (replicas with a fit only)", "1"),
+    "w_c_star_legacy_hi": ("upper bound of the legacy w_c_star (replicas with a fit only)", "1"),
+    "w_c_star_legacy_slope": ("slope of the legacy extrapolation", "1/(" + NATS + ")"),
+    "w_c_star_legacy_boot": ("seed-bootstrap replicas of the legacy w_c_star", "1"),
+    "n_star": ("parameters at the transition, N(d, w_c_star)", "1"),
+    "n_star_lo": ("lower bound of N(d, w_c_star)", "1"),
+    "n_star_hi": ("upper bound of N(d, w_c_star)", "1"),
+    "n_star_boot": ("seed-bootstrap replicas of N(d, w_c_star)", "1"),
+    "n_per_note_star": ("parameters per scored training note at the transition, N*/P", "1"),
+    "n_per_note_star_lo": ("lower bound of N*/P", "1"),
+    "n_per_note_star_hi": ("upper bound of N*/P", "1"),
+    "n_per_note_star_boot": ("seed-bootstrap replicas of N*/P", "1"),
     "boot": ("seed-bootstrap replica", "1"),
 }
 
@@ -209,6 +279,7 @@ def fit_study(
     smoothing_decades: float,
     aging: xr.Dataset | None = None,
     measured_floor: float | None = None,
+    n_scored_notes: int | None = None,
 ) -> xr.Dataset:
     """Every fit of the study (the ``fits.nc`` layout; see README "How to read the results").
 
@@ -218,6 +289,7 @@ def fit_study(
     ``aging_*`` variables on their own ``aging_depth``, ``aging_width`` (``aging_seed``) dims.
     ``measured_floor``, the SGD floor measured at the study's own (η, B) (:mod:`bachglass.sgd_floor`),
     is the floor reference at every depth when given; without it the widest nets' asymptote is.
+    ``n_scored_notes`` (P, the scored notes of the training set) adds N*/P.
     """
     diverged = study["diverged"].astype(bool)
     smooth = smoothed_loss(study["loss"].where(~diverged), smoothing_decades)
@@ -250,7 +322,13 @@ def fit_study(
     )
     if "grad_norm_max" in study:  # logged by the trainer whether or not a clip acts; kept for a
         ds["grad_norm_peak"] = study["grad_norm_max"].max("time")  # diverged run: its spike is the news
-    parts = [ds, critical(study, eps_valid, config), collapse_aging(study, config)]
+    tau_drop = study["tau"].sel(eps=study["eps"].max(), drop=True)  # the run's own learning drop
+    parts = [
+        ds,
+        tail_fits(smooth, tau_drop, config, data_floor),
+        critical(study, eps_valid, config, n_scored_notes),
+        collapse_aging(study, config),
+    ]
     if aging is not None:
         parts.append(
             fit_aging_subset(aging, floor_ref.reindex(depth=aging["depth"]), config, smoothing_decades)
@@ -269,6 +347,8 @@ def fit_study(
     if excluded:
         log.warning("%d runs diverged and are left out of every fit: %s", len(excluded), "; ".join(excluded))
     ds.attrs = {"data_floor": data_floor, "smoothing_decades": smoothing_decades}
+    if n_scored_notes:
+        ds.attrs["n_scored_notes"] = int(n_scored_notes)
     ds.attrs["excluded_runs"] = "; ".join(excluded) or "none"  # netCDF attrs hold no empty list
     ds.attrs |= {k: v for k, v in asdict(config).items() if k != "window_start"}  # the fits' settings
     ds.attrs |= {k: study.attrs[k] for k in ("lr", "batch_size", "clip_norm", "steps") if k in study.attrs}
@@ -371,7 +451,9 @@ def metrics(fits: xr.Dataset) -> dict:
     for d in fits["depth"].values:
         f = fits.sel(depth=d)
         fitted = f["eps"].values[np.isfinite(f["w_c"].values)]
-        row = {k: _number(f[k]) for k in ("w_c_star", "w_c_star_lo", "w_c_star_hi", "sgd_floor")}
+        keys = ("w_c_star", "w_c_star_lo", "w_c_star_hi", "sgd_floor", "nu_profile", "nu_dchi2_1")
+        keys += tuple(k for k in ("n_star", "n_star_lo", "n_star_hi", "n_per_note_star") if k in f)
+        row = {k: _number(f[k]) for k in keys}
         row["w_c"] = {f"eps_{e:g}": _number(f["w_c"].sel(eps=e)) for e in f["eps"].values}
         if fitted.size:
             e = fitted.min()

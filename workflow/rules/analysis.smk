@@ -2,6 +2,7 @@ rule fit_study:
     """Power laws, critical widths w_c(d, eps) and w_c*(d), the aging collapse (with CIs), phases."""
     input:
         study=upstream(rules.combine_study.output.study),
+        encoded=upstream(rules.publish_data.output.encoded),
         aging=upstream(aging_study()),
         floor=upstream(floor_files()),
         restarts=upstream(restart_files()),
@@ -58,7 +59,7 @@ rule check_science:
     """The paper's qualitative claims (docs/science.md §6, checks 1-7) judged on the fits: PASS or FAIL."""
     input:
         fits=upstream(rules.fit_study.output.fits),
-        code=code("checks", "fits"),
+        code=code("checks", "legacy_checks", "critical", "fits"),
     output:
         table=report("results/science_checks.md", caption="../report/science_checks.rst", category="Checks"),
     log:

@@ -27,7 +27,10 @@ def main() -> None:
             config.floor_factor,
         )
     own = sgd_floor.at_setting(floor, study.attrs.get("lr"), study.attrs.get("batch_size"))
-    result = fits.fit_study(study, config, smoothing, aging=aging[0] if aging else None, measured_floor=own)
+    notes = int(io.read_netcdf(snakemake.input.encoded).attrs["scored_notes"])  # P
+    result = fits.fit_study(
+        study, config, smoothing, aging=aging[0] if aging else None, measured_floor=own, n_scored_notes=notes
+    )
     labelled = phases.generalisation_phases(study, phases.PhasesConfig(**snakemake.params.phases))
     result = result.merge(labelled, combine_attrs="override")
     if floor is not None:
