@@ -430,6 +430,7 @@ def main(argv: Sequence[str] | None = None, scenarios: Sequence[Scenario] = SCEN
     )
     parser.add_argument("--floor-ref", type=float, default=0.043, help="SGD floor at the study's (eta, B)")
     parser.add_argument("--steps", type=int, default=None, help="budget (default: params' train.steps)")
+    parser.add_argument("--checks", type=int, nargs="*", default=None, help="only these check numbers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the table here (Markdown)")
     args = parser.parse_args(argv)
@@ -438,6 +439,8 @@ def main(argv: Sequence[str] | None = None, scenarios: Sequence[Scenario] = SCEN
         design = dataclasses.replace(design, steps=args.steps)
     if args.n_boot:
         design = dataclasses.replace(design, fits=dataclasses.replace(design.fits, n_boot=args.n_boot))
+    if args.checks:
+        scenarios = [s for s in scenarios if s.check in args.checks]
     text = table(calibrate(design, args.studies, args.seed, scenarios))
     if args.out:
         args.out.write_text(text)
