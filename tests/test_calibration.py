@@ -63,6 +63,13 @@ def test_the_aging_criteria_tell_the_claim_from_its_negation_without_seed_noise(
             assert row["new"] <= 0.25, row
 
 
+@pytest.mark.parametrize("check", [4, 5])
+def test_checks_4_and_5_can_pass_when_the_claim_holds_and_the_design_allows(design, check):
+    long = dataclasses.replace(design, steps=350_000)
+    claim = [s for s in scenarios(check) if s.claim][:1]
+    assert calibration.calibrate(long, studies=2, scenarios=claim)[0]["new"] > 0
+
+
 def test_the_table_names_the_target_and_flags_a_criterion_that_misses_it():
     rows = [
         {"check": 3, "scenario": "tau = A/(w - w_c)", "claim": True, "new": 0.0, "old": 0.0, "studies": 10},

@@ -108,7 +108,8 @@ def power_law_tails(fits: xr.Dataset) -> Check:
         f"{share:.0%} of them within rms {TAIL_RMS}; {spread}ANOVA over {groups} nets p = {p:.2g}"
     )
     criterion = (
-        f">= {TAILED_MIN:.0%} of runs have a tail (from 3 tau(largest eps)); >= {TAIL_SHARE:.0%} of those "
+        f">= {TAILED_MIN:.0%} of runs have a tail (from {fits.attrs.get('tail_factor', 3):g} tau(eps max)); "
+        f">= {TAIL_SHARE:.0%} of those "
         f"fit with ln-rms <= {TAIL_RMS}; alpha differs between (d, w): ANOVA p < {ALPHA_P}"
     )
     return Check(1, "power-law tails, alpha depends on d and w", criterion, measured, passed)
@@ -151,7 +152,7 @@ def critical_slowing_down(fits: xr.Dataset) -> Check:
         parts.append(f"d{d}: nu {best:.2f} [{lo:.2f}, {hi:.2f}], dchi2(nu=1) {d1:.1f}, dchi2(nu=2) {d2:.1f}")
     eps = fits["eps"].values[fits["extrapolation_eps"].values.astype(bool)]
     criterion = (
-        f"every depth, profile of nu summed over eps {', '.join(f'{e:g}' for e in eps) or 'none'}: "
+        f"every depth, profile of nu averaged over eps {', '.join(f'{e:g}' for e in eps) or 'none'}: "
         f"dchi2(nu=1) < {DCHI2:.2f} (not rejected) and dchi2(nu=2) > {DCHI2:.2f} (rejected)"
     )
     return Check(3, "critical slowing down, tau ~ 1/(w - w_c)", criterion, "; ".join(parts), passed)

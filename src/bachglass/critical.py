@@ -196,15 +196,17 @@ def nu_profile(
 
 
 def pooled_profile(chi2_table: np.ndarray) -> tuple[float, float, float, float, float]:
-    """Best nu, its profile interval and Δχ² at nu = 1 and 2, from the χ²(nu) rows summed.
+    """Best nu, its profile interval and Δχ² at nu = 1 and 2, from the χ²(nu) rows averaged.
 
-    Rows without a profile (NaN) are skipped; all NaN without any. The ε of one depth share their
-    runs, so a sum over them is not over independent data; the calibration measures what that does.
+    One row per ε of the extrapolation set; all NaN unless every row has a profile (one set of ε
+    for the whole study, as for w_c*). The ε of one depth share their runs (a run's learning times
+    at all thresholds move together), so their χ² are averaged, not summed: a sum would count the
+    same scatter once per ε and reject a true nu too often.
     """
-    rows = chi2_table[np.isfinite(chi2_table).all(axis=-1)]
-    if rows.shape[0] == 0:
+    rows = np.asarray(chi2_table, dtype=np.float64)
+    if rows.shape[0] == 0 or not np.isfinite(rows).all():
         return (np.nan,) * 5
-    total = rows.sum(axis=0)
+    total = rows.mean(axis=0)
     delta = total - total.min()
     inside = NU_GRID[delta <= DCHI2]
     at = {nu: float(delta[np.argmin(np.abs(NU_GRID - nu))]) for nu in (1.0, 2.0)}
