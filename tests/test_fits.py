@@ -13,11 +13,10 @@ from bachglass.fits import (
     UNDETERMINED,
     classify,
     clipped_fraction,
-    fit_power_law,
     fit_study,
     metrics,
-    power_laws,
 )
+from bachglass.loss_fits import fit_power_law, power_laws, tail_fits
 from bachglass.observables import ObservablesConfig, combine_runs, run_observables
 
 # 25 checkpoints per decade over 10^2 .. 4 10^4 SGD steps, like a late fit window of the study
@@ -284,7 +283,6 @@ def test_fit_study_t_star_is_the_first_step_below_twice_the_floor(fits):
 
 
 # tails that follow the data: a plateau, a drop at tau_d, then L_inf + C t^-alpha
-from bachglass.fits import tail_fits  # noqa: E402
 from bachglass.observables import learning_time  # noqa: E402
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import xarray as xr
 from scipy.stats import f_oneway
 
-from bachglass.critical import DCHI2, counted_interval
+from bachglass.critical import counted_interval
+from bachglass.exponent import DCHI2
 from bachglass.fits import OVER, UNDER, aging_view
 
 TAIL_RMS = 0.05  # ln-units: the power law follows the run's tail to within ~5 %

@@ -1,7 +1,8 @@
 """Fits of the study: loss power laws, floors and phases, and the assembly of ``fits.nc``.
 
 ``study.nc`` (observables over depth, width, seed) in, the numbers of docs/science.md §1.7 and §5.3 out:
-this module fits each run's loss and classifies each (depth, width); the critical fits live in
+this module measures the floors, classifies each (depth, width) and assembles fits.nc; the power
+laws of each run's loss live in :mod:`bachglass.loss_fits`, the critical fits in
 :mod:`bachglass.critical` and the aging collapse in :mod:`bachglass.aging`.
 """
 
@@ -11,11 +12,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import xarray as xr
-from scipy.optimize import least_squares
-from scipy.stats import f as f_dist
 
 from bachglass.aging import collapse
 from bachglass.critical import critical
+from bachglass.loss_fits import POWER_LAW_VARS, power_laws, tail_fits
 from bachglass.observables import NATS, smoothed_loss
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 UNDER, OVER, UNDETERMINED = 1, 0, -1  # phase flags (CF flag_values)
 MODULES = (
     "fits",
+    "loss_fits",
     "critical",
+    "exponent",
     "aging",
     "observables",
     "divergence",
@@ -47,124 +49,6 @@ class FitsConfig:
     n_boot: int
     ci: float
     seed: int
-
-
-def fit_power_law(
-    step: np.ndarray, loss: np.ndarray, start: float, level: float = 0.95, floor: float = 0.0
-) -> np.ndarray:
-    """Fit L(t) = L_inf + B (t/t_end)^-alpha to ``loss`` at ``step >= start``, in log L.
-
-    Returns [L_inf, B, alpha, sigma(L_inf), sigma(B), sigma(alpha), rms of ln-residuals] (NaN when
-    fewer than 6 finite points). B is the amplitude at the end of the window, t_end, which decouples
-    it from alpha (B t^-alpha of the paper has B_paper = B t_end^alpha). Least squares in log L
-    because the loss spans decades. L_inf lies in [floor, min L]: no loss goes below the data floor
-    (the perfect memoriser), and a floor above the data is no floor.
-    Several starts (alpha 0.1 ... 2, L_inf 0 ... 0.9 min L) guard against the shallow valleys of this
-    model. On a plateau L_inf and B are degenerate (alpha -> 0 makes them one constant), so the
-    constant L = L_inf is fitted too and kept unless the power law is better by an F-test at
-    ``level``: a flat loss then has its plateau as L_inf, not an arbitrary split. sigma are curve-fit
-    standard errors (inf where the fit cannot tell a parameter); late residuals are correlated, so
-    the window sensitivity and the seed scatter are reported beside them.
-    """
-    keep = (step >= start) & np.isfinite(loss) & (loss > 0)
-    out = np.full(7, np.nan)
-    n = int(keep.sum())
-    if n < 6:
-        return out
-    t, y = step[keep].astype(np.float64), loss[keep].astype(np.float64)
-    x, ln_y, floor_max = t / t[-1], np.log(y), float(y.min())
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        return np.log(p[0] + p[1] * x ** -p[2]) - ln_y
-
-    if floor >= floor_max:  # the loss reached the data floor: L_inf is the floor itself
-        floor = 0.999999 * floor_max
-    lower, upper = [floor, 1e-12, 0.0], [floor_max, np.inf, 10.0]
-    best = None
-    for alpha0 in (0.1, 0.5, 2.0):
-        for frac in (0.0, 0.5, 0.9):
-            start_inf = floor + frac * (floor_max - floor)
-            p0 = [start_inf, max(y[-1] - start_inf, 1e-9), alpha0]
-            fit = least_squares(residual, p0, bounds=(lower, upper), x_scale="jac")
-            if best is None or fit.cost < best.cost:
-                best = fit
-    rss_pl, rss_const = 2 * best.cost, float(np.sum((ln_y - ln_y.mean()) ** 2))
-    f_stat = (rss_const - rss_pl) / 2 / max(rss_pl / (n - 3), 1e-300)
-    if f_dist.sf(f_stat, 2, n - 3) > 1 - level:  # the decay is not significant: a plateau
-        out[:6] = np.exp(ln_y.mean()), 0.0, 0.0, np.exp(ln_y.mean()) * ln_y.std(ddof=1) / np.sqrt(n), 0.0, 0.0
-        out[6] = np.sqrt(rss_const / n)
-        return out
-    jtj = best.jac.T @ best.jac
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cov = (
-            np.linalg.inv(jtj) * (rss_pl / (n - 3)) if np.linalg.cond(jtj) < 1e12 else np.full((3, 3), np.inf)
-        )
-    out[:3], out[3:6] = best.x, np.sqrt(np.clip(np.diag(cov), 0, None))
-    out[6] = np.sqrt(rss_pl / n)
-    return out
-
-
-POWER_LAW_VARS = ("L_inf", "B", "alpha", "L_inf_err", "B_err", "alpha_err", "fit_rms")
-
-
-def power_laws(
-    loss: xr.DataArray, starts: Sequence[int], level: float = 0.95, floor: float = 0.0
-) -> xr.Dataset:
-    """Power-law fits of every run's (smoothed) loss, for each window start: dims (..., window)."""
-    step = loss["step"].values
-
-    def fit_all(values: np.ndarray) -> np.ndarray:  # (..., time) -> (..., window, 7)
-        flat = values.reshape(-1, values.shape[-1])
-        fits = [[fit_power_law(step, run, s, level, floor) for s in starts] for run in flat]
-        return np.asarray(fits).reshape(*values.shape[:-1], len(starts), 7)
-
-    fits = xr.apply_ufunc(
-        fit_all,
-        loss,
-        input_core_dims=[["time"]],
-        output_core_dims=[["window", "quantity"]],
-        dask_gufunc_kwargs={"output_sizes": {"window": len(starts), "quantity": 7}},
-    )
-    fits = fits.assign_coords(window=np.asarray(starts, dtype=np.int64), quantity=list(POWER_LAW_VARS))
-    return fits.to_dataset("quantity")
-
-
-TAIL_VARS = ("L_inf", "alpha", "alpha_err", "fit_rms")  # of fit_power_law, kept as tail_*
-
-
-def tail_fits(
-    smooth: xr.DataArray, tau_drop: xr.DataArray, config: FitsConfig, floor: float = 0.0
-) -> xr.Dataset:
-    """Power laws over each run's own tail: from ``tail_factor`` x τ(largest ε) to the end.
-
-    A fixed window would contain the learning drop of the nets that learn late and fit the drop,
-    not the tail. A run whose window [max(window_start[0], tail_factor τ), t_end] spans fewer than
-    ``tail_min_decades`` (or that never dropped: τ = inf, or diverged: NaN) has **no tail** within
-    the budget (``has_tail`` false, its tail fit NaN): not a misfit, a run too short to tell.
-    """
-    step = smooth["step"].values
-    first = float(config.window_start[0])
-    start = np.fmax(config.tail_factor * tau_drop.astype(np.float64), first).where(tau_drop.notnull())
-    has_tail = (start * 10**config.tail_min_decades <= float(step[-1])).rename("has_tail")
-    names = dict(zip(POWER_LAW_VARS, range(7), strict=True))
-
-    def fit_one(loss: np.ndarray, begin: float, tail: bool) -> np.ndarray:
-        if not tail:
-            return np.full(len(TAIL_VARS), np.nan)
-        out = fit_power_law(step, loss, begin, floor=floor)
-        return out[[names[v] for v in TAIL_VARS]]
-
-    fitted = xr.apply_ufunc(
-        fit_one,
-        smooth,
-        start,
-        has_tail,
-        input_core_dims=[["time"], [], []],
-        output_core_dims=[["quantity"]],
-        vectorize=True,
-        dask_gufunc_kwargs={"output_sizes": {"quantity": len(TAIL_VARS)}},
-    ).assign_coords(quantity=[f"tail_{v}" for v in TAIL_VARS])
-    return fitted.to_dataset("quantity").assign(has_tail=has_tail, tail_start=start.where(has_tail))
 
 
 def sgd_floor(L_inf: xr.DataArray) -> xr.DataArray:

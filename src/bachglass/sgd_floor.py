@@ -4,7 +4,7 @@ With a constant step η and minibatches of B chorales, the training loss of a ne
 data does not go to the data floor: minibatch noise keeps it at a floor L_SGD(η, B) above it
 (docs/science.md §1.7 g). The floor runs train the widest nets, unclipped, at several (η, B) and measure
 the late plateau as the asymptote L_∞ of a power-law fit L_∞ + B t^−α over the late window
-(:func:`bachglass.fits.fit_power_law`), per seed. Its excess over the data floor is fitted as
+(:func:`bachglass.loss_fits.fit_power_law`), per seed. Its excess over the data floor is fitted as
 L_SGD ∝ (η/B)^κ in log-log, with a seed-bootstrap interval.
 
 The restart test: the runs of the first setting are continued from step ``restart_step`` at η/2,
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from bachglass import fits
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError
 from bachglass.floor_runs import setting_id
+from bachglass.loss_fits import fit_power_law
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def floor_of(runs: xr.Dataset, window_start: int, floor: float) -> xr.DataArray:
     """L_∞ per seed: the plateau of the late window of each run's loss (NaN for a diverged run)."""
     step = runs["step"].values
     values = [
-        fits.fit_power_law(step, runs["loss"].sel(seed=s).values.ravel(), window_start, floor=floor)[0]
+        fit_power_law(step, runs["loss"].sel(seed=s).values.ravel(), window_start, floor=floor)[0]
         for s in runs["seed"].values
     ]
     return xr.DataArray(values, coords={"seed": runs["seed"].values}, dims="seed")

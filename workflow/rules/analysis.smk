@@ -8,7 +8,9 @@ rule fit_study:
         restarts=upstream(restart_files()),
         code=code(
             "fits",
+            "loss_fits",
             "critical",
+            "exponent",
             "aging",
             "observables",
             "divergence",
@@ -59,7 +61,7 @@ rule check_science:
     """The paper's qualitative claims (docs/science.md §6, checks 1-7) judged on the fits: PASS or FAIL."""
     input:
         fits=upstream(rules.fit_study.output.fits),
-        code=code("checks", "legacy_checks", "critical", "fits"),
+        code=code("checks", "legacy_checks", "critical", "exponent", "fits"),
     output:
         table=report("results/science_checks.md", caption="../report/science_checks.rst", category="Checks"),
     log:
