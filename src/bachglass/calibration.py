@@ -26,7 +26,7 @@ import xarray as xr
 from bachglass import checks, legacy_checks
 from bachglass.fits import OVER, UNDER
 from bachglass.params import load_params
-from bachglass.synthetic import Design, Truth, aging_fits, critical_fits, tail_fits_of
+from bachglass.synthetic import Design, Truth, aging_fits, critical_fits, phase_fits_of, tail_fits_of
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,18 @@ SCENARIOS = (
         tail_fits_of,
         checks.power_law_tails,
         legacy_checks.power_law_tails,
+    ),
+    Scenario(
+        2, "plateaus below w_c*", True, Truth(), phase_fits_of, checks.two_phases, legacy_checks.two_phases
+    ),
+    Scenario(
+        2,
+        "every net falls to the floor",
+        False,
+        Truth(under_height=0.0),
+        phase_fits_of,
+        checks.two_phases,
+        legacy_checks.two_phases,
     ),
     Scenario(
         3,

@@ -266,12 +266,12 @@ CRITICAL_VARS = {
 def _n_at(widths: np.ndarray, n_params: np.ndarray, w: np.ndarray) -> np.ndarray:
     """N(d, w) at real widths: the exact quadratic through the grid's counts (N is quadratic in w).
 
-    ±inf (an unbounded interval) maps to ±inf; NaN stays NaN.
+    ±inf (an unbounded interval) maps to ±inf; NaN stays NaN. A width below 0 (an interval that
+    extrapolates that far) counts as 0, where N is smallest, so that N stays monotone in w.
     """
     coeffs = np.polyfit(widths, n_params, min(2, widths.size - 1))
     finite = np.isfinite(w)
-    out = np.where(finite, np.polyval(coeffs, np.where(finite, w, 0.0)), w)
-    return out
+    return np.where(finite, np.polyval(coeffs, np.clip(np.where(finite, w, 0.0), 0.0, None)), w)
 
 
 def critical(

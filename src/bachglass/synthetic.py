@@ -15,7 +15,7 @@ import xarray as xr
 
 from bachglass.aging import collapse
 from bachglass.critical import critical
-from bachglass.fits import OVER, UNDER, FitsConfig
+from bachglass.fits import OVER, UNDER, FitsConfig, classify
 from bachglass.loss_fits import power_laws, tail_fits
 from bachglass.observables import learning_time, smoothed_loss
 from bachglass.train import checkpoint_steps
@@ -190,6 +190,17 @@ def tail_fits_of(design: Design, truth: Truth, rng: np.random.Generator) -> xr.D
     spread = windows["alpha"].max("window") - windows["alpha"].min("window")
     legacy = windows.isel(window=0, drop=True)[["fit_rms", "alpha", "alpha_err"]]
     return xr.merge([out, legacy]).assign(alpha_window_spread=spread, diverged=xr.zeros_like(out["has_tail"]))
+
+
+def phase_fits_of(design: Design, truth: Truth, rng: np.random.Generator) -> xr.Dataset:
+    """Classify each (depth, width) of one synthetic study by the pipeline's own rule (check 2)."""
+    study = loss_study(design, truth, rng)
+    smooth = smoothed_loss(study["loss"], design.smoothing_decades)
+    windows = power_laws(smooth, design.fits.window_start, design.fits.ci, design.data_floor)
+    floor_ref = xr.DataArray(
+        np.full(len(design.depths), design.floor_ref), coords={"depth": list(design.depths)}
+    )
+    return classify(windows, floor_ref, design.fits.floor_factor).to_dataset()
 
 
 def aging_fits(design: Design, truth: Truth, rng: np.random.Generator, phase: int) -> xr.Dataset:
