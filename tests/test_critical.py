@@ -211,6 +211,7 @@ def test_critical_leaves_invalid_eps_unfitted_and_extrapolates_over_the_rest():
 
 # the fits that follow the data: seed scatter in the weights, the profile of nu, one extrapolation set
 from bachglass.critical import (  # noqa: E402
+    _n_at,
     counted_interval,
     extrapolate_fixed,
     extrapolation_set,
@@ -286,3 +287,9 @@ def test_critical_counts_the_transition_in_parameters():
     np.testing.assert_allclose(out["n_star"], 2 * star**2 + 10 * star + np.array([1, 2]), rtol=1e-9)
     np.testing.assert_allclose(out["n_per_note_star"], out["n_star"] / 100)
     assert (out["n_star_lo"] <= out["n_star"]).all() and (out["n_star"] <= out["n_star_hi"]).all()
+
+
+def test_parameter_count_at_a_negative_width_bound_is_the_count_at_zero():
+    widths = np.array([4.0, 8.0, 16.0])
+    counts = 2 * widths**2 + 10 * widths + 7
+    np.testing.assert_allclose(_n_at(widths, counts, np.array([-3.0, 2.0, -np.inf])), [7.0, 35.0, -np.inf])

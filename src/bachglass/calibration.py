@@ -181,7 +181,7 @@ def calibrate(
 ) -> list[dict]:
     """Pass rates of the current and legacy criteria over ``studies`` synthetic studies per scenario."""
     rows = []
-    for sc in scenarios:  # each scenario its own stream, the same whichever others are run
+    for sc in scenarios:  # each scenario its own stream, keyed by its place in SCENARIOS: append new ones
         rng = np.random.default_rng([seed, SCENARIOS.index(sc) if sc in SCENARIOS else len(SCENARIOS)])
         new = old = 0
         for _ in range(studies):

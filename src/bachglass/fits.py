@@ -1,4 +1,4 @@
-"""Fits of the study: loss power laws, floors and phases, and the assembly of ``fits.nc``.
+"""Fits of the study: floors and phases, and the assembly of ``fits.nc``.
 
 ``study.nc`` (observables over depth, width, seed) in, the numbers of docs/science.md §1.7 and §5.3 out:
 this module measures the floors, classifies each (depth, width) and assembles fits.nc; the power
@@ -27,6 +27,7 @@ MODULES = (
     "critical",
     "exponent",
     "aging",
+    "two_time",
     "observables",
     "divergence",
 )  # code whose hash goes into the provenance

@@ -1,9 +1,10 @@
 """Synthetic studies with known truth, at a real study's design, for calibrating the checks.
 
 Each generator returns the part of ``fits.nc`` one check judges, computed by the pipeline's own
-fit code from synthetic inputs: learning times τ (checks 3-5), loss curves (check 1) and Δ(τ_w, τ)
-(checks 6, 7). :class:`Design` is what a synthetic study shares with the real one (read from
-params.yaml); :class:`Truth` is what it puts in. :mod:`bachglass.calibration` runs the checks on them.
+fit code from synthetic inputs: learning times τ (checks 3-5), loss curves (check 1, and check 2's
+phases from their plateaus) and Δ(τ_w, τ) (checks 6, 7). :class:`Design` is what a synthetic study
+shares with the real one (read from params.yaml); :class:`Truth` is what it puts in.
+:mod:`bachglass.calibration` runs the checks on them.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ rule check_science:
     """The paper's qualitative claims (docs/science.md §6, checks 1-7) judged on the fits: PASS or FAIL."""
     input:
         fits=upstream(rules.fit_study.output.fits),
-        code=code("checks", "legacy_checks", "critical", "exponent", "fits"),
+        code=code("checks", "legacy_checks", "critical", "exponent", "fits", "loss_fits"),
     output:
         table=report("results/science_checks.md", caption="../report/science_checks.rst", category="Checks"),
     log:
@@ -82,7 +82,7 @@ rule plot_figures:
         aging=upstream(aging_study()),
         langevin=upstream(langevin_study()),
         stability=upstream(stability_study()),
-        code=code(*FIGURE_MODULES, "fits"),
+        code=code(*FIGURE_MODULES, "fits", "loss_fits"),
     output:
         figures=figure_files(),
     log:
