@@ -26,6 +26,7 @@ def fits(**overrides: object) -> xr.Dataset:
         {
             "has_tail": (run, np.ones(shape, bool)),
             "tail_fit_rms": (run, np.full(shape, 0.01)),
+            "tail_exp_rms": (run, np.full(shape, 0.04)),
             "tail_alpha": (run, alpha),
             "nu_profile": ("depth", [1.0] * 3),
             "nu_profile_lo": ("depth", [0.8] * 3),
@@ -40,6 +41,7 @@ def fits(**overrides: object) -> xr.Dataset:
             "alpha_window_spread": (run, np.full(shape, 0.05)),
             "diverged": (run, np.zeros(shape, bool)),
             "phase": (net, phase),
+            "phase_legacy": (net, phase),
             "w_under_max": ("depth", [8.0] * 3),
             "w_over_min": ("depth", [16.0] * 3),
             "sgd_floor": ("depth", [0.006] * 3),
@@ -94,6 +96,9 @@ def test_fits_that_show_every_claim_pass_every_check(module):
         (1, {"tail_fit_rms": 0.2}),  # the power law misses the tails
         (1, {"tail_alpha": 1.0 + np.random.default_rng(5).normal(0, 0.05, (3, 5, 3))}),  # alpha the same
         (1, {"has_tail": False}),  # no run has a tail within the budget: not testable
+        (1, {"has_tail": np.arange(45).reshape(3, 5, 3) < 6}),  # tails in 2 nets only: too few to judge
+        (1, {"tail_exp_rms": 0.005}),  # an exponential approach fits the tails better
+        (1, {"tail_alpha": 0.0}),  # the tails are flat: nothing falls
         (2, {"phase": [OVER, UNDER, UNDETERMINED, UNDER, OVER]}),  # phases do not split at one width
         (3, {"nu_dchi2_1": 9.0}),  # nu = 1 rejected
         (3, {"nu_dchi2_2": 1.0}),  # nu = 2 not rejected: nu not determined
@@ -135,6 +140,14 @@ def test_a_replica_without_w_c_star_counts_against_the_depth_effect():
 def test_the_legacy_criteria_read_the_legacy_variables(number, override):
     failed = [c.number for c in legacy_checks.run_checks(fits(**override)) if not c.passed]
     assert failed == [number]
+
+
+def test_the_legacy_criteria_judge_the_legacy_phases_and_the_new_ones_do_not():
+    unfinished = [OVER, OVER, OVER, OVER, OVER]  # L_inf alone: every net "over", no under to split from
+    old = {c.number: c for c in legacy_checks.run_checks(fits(phase_legacy=unfinished))}
+    new = {c.number: c for c in checks.run_checks(fits(phase_legacy=unfinished))}
+    assert not old[2].passed and not old[4].passed  # the split moved: no under-parametrized width
+    assert new[2].passed and new[4].passed
 
 
 def test_table_prints_the_numbers_and_the_verdicts_new_and_old():

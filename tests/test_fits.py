@@ -134,6 +134,20 @@ def test_classify_plateau_is_under_falling_to_floor_is_over(curves, phase):
     assert "window" not in flag.dims
 
 
+def test_classify_calls_a_net_still_falling_far_above_the_floor_undetermined_not_over():
+    # at 1.0 nats and falling at the end of the budget: the fit puts L_inf on its bound (0), an
+    # extrapolation; the first rule called it over, the rule with t* waits for the loss to get there
+    still_falling = power_law(0.0, 1.0, 0.3)
+    fits = loss_array([still_falling, still_falling])
+    level = 2.0 * xr.DataArray(0.2)
+    assert classify(fits, xr.DataArray(0.2), factor=2.0).item() == OVER  # phase_legacy
+    never = xr.DataArray(np.full(2, np.inf), dims="seed")
+    assert classify(fits, xr.DataArray(0.2), 2.0, never).item() == UNDETERMINED
+    reached = fits["L_inf"].isel(window=0, drop=True) * 0 + 3e4  # both seeds got below the level
+    assert classify(fits, xr.DataArray(0.2), 2.0, reached).item() == OVER
+    assert float(still_falling[-1]) > level
+
+
 def test_classify_noisy_plateau_at_three_times_the_floor_is_under():
     fits = loss_array([noisy(PLATEAU, 0.02, seed) for seed in range(4)], starts=(100,))
     assert classify(fits, xr.DataArray(0.2), factor=2.0).item() == UNDER
@@ -301,6 +315,16 @@ def test_tail_fit_starts_after_the_runs_own_drop_and_recovers_alpha_where_a_fixe
     assert float(tail["tail_fit_rms"]) < 0.01
     fixed = fit_power_law(loss["step"].values, loss.values, 100)  # the window holds the drop
     assert abs(fixed[2] - 0.8) > 0.1 or fixed[6] > 0.01
+    assert float(tail["tail_exp_rms"]) > 3 * float(tail["tail_fit_rms"])  # the rival fits it worse
+
+
+def test_an_exponential_approach_is_fitted_better_by_the_exponential_than_by_a_power_law():
+    step = checkpoint_steps(100_000, 25)
+    loss = 0.05 + 3.15 * np.exp(-step / 20_000.0)  # still falling over the tail window
+    loss = xr.DataArray(noisy(loss, 0.005, seed=3), dims="time", coords={"step": ("time", step)})
+    tail = tail_fits(loss, xr.DataArray(3000.0), CONFIG, floor=0.0)
+    assert bool(tail["has_tail"]) and float(tail["tail_alpha"]) > 0
+    assert float(tail["tail_exp_rms"]) < float(tail["tail_fit_rms"])
 
 
 def test_a_run_that_drops_too_late_or_never_has_no_tail_not_a_misfit():

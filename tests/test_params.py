@@ -21,6 +21,11 @@ def test_shipped_params_and_tiny_config_are_valid(params):
     validate_params(load_params(ROOT / "params.yaml", yaml.safe_load(TINY.read_text())), SCHEMA)
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_on_top_of_params_is_valid(path):
+    validate_params(load_params(ROOT / "params.yaml", yaml.safe_load(path.read_text())), SCHEMA, str(path))
+
+
 def test_every_schema_object_is_closed_and_requires_all_its_keys():
     def walk(node, where):
         if node.get("type") == "object":

@@ -21,6 +21,7 @@ from bachglass.observables import NATS, smoothed_loss
 log = logging.getLogger(__name__)
 
 UNDER, OVER, UNDETERMINED = 1, 0, -1  # phase flags (CF flag_values)
+FLAG_MEANINGS = "over under undetermined"
 MODULES = (
     "fits",
     "loss_fits",
@@ -62,20 +63,28 @@ def sgd_floor(L_inf: xr.DataArray) -> xr.DataArray:
     return L_inf.isel(width=-1).median("seed")
 
 
-def classify(fit: xr.Dataset, floor_ref: xr.DataArray, factor: float) -> xr.DataArray:
+def classify(
+    fit: xr.Dataset, floor_ref: xr.DataArray, factor: float, t_star: xr.DataArray | None = None
+) -> xr.DataArray:
     """Phase of each (depth, width): under-parametrized, over-parametrized or undetermined.
 
     With the level ``factor`` x floor (max of data floor and SGD floor): under when L_inf lies
     above it in every seed and every fit window (clearly above both floors), over when it lies at or
-    below it in every seed and window, otherwise undetermined. The spread over seeds and windows is
-    the uncertainty here, not the curve-fit sigma: late residuals are correlated and L_inf often
-    sits on its bound (the data floor), where a covariance says little. Diverged runs (NaN) are
-    left out; a width with no valid run is undetermined.
+    below it in every seed and window **and** every seed's loss came down to it within the budget
+    (``t_star`` finite), otherwise undetermined. A net still falling far above the floor has its
+    L_inf on the data-floor bound, an extrapolation: it is undetermined, not over. Without
+    ``t_star``, the first studies' rule (the legacy ``phase_legacy``). The spread over seeds and
+    windows is the uncertainty here, not the curve-fit sigma: late residuals are correlated and
+    L_inf often sits on its bound, where a covariance says little. Diverged runs (NaN) are left
+    out; a width with no valid run is undetermined.
     """
     level = factor * floor_ref
     valid = fit["L_inf"].notnull()
     under = ((fit["L_inf"] > level) | ~valid).all(("seed", "window"))
-    over = ((fit["L_inf"] <= level) | ~valid).all(("seed", "window"))
+    below = (fit["L_inf"] <= level) | ~valid
+    if t_star is not None:
+        below = below & (np.isfinite(t_star) | ~valid)
+    over = below.all(("seed", "window"))
     any_valid = valid.any(("seed", "window"))
     phase = xr.where(under & any_valid, UNDER, xr.where(over & any_valid, OVER, UNDETERMINED))
     return phase.astype(np.int8).rename("phase")
@@ -108,7 +117,8 @@ ATTRS = {  # name: (long_name, units)
     "grad_norm_peak": ("largest gradient norm of the run (before any clip)", "1"),
     "sgd_floor": ("SGD floor: measured at the study's (lr, batch size), else the widest nets' L_inf", NATS),
     "floor_ref": ("max(data floor, SGD floor)", NATS),
-    "phase": ("phase from L_inf: 1 under-, 0 over-parametrized, -1 undetermined", "1"),
+    "phase": ("phase from L_inf and t_star: 1 under-, 0 over-parametrized, -1 undetermined", "1"),
+    "phase_legacy": ("phase from L_inf alone (the first rule: an unfinished net can be over)", "1"),
     "w_under_max": ("widest under-parametrized width", "1"),
     "w_over_min": ("narrowest over-parametrized width", "1"),
     "t_star": ("first step with smoothed loss <= floor_factor * floor_ref", "SGD steps"),
@@ -130,6 +140,7 @@ ATTRS = {  # name: (long_name, units)
     "tail_alpha": ("power-law exponent of L - L_inf over the run's tail window", "1"),
     "tail_alpha_err": ("curve-fit standard error of tail_alpha", "1"),
     "tail_fit_rms": ("rms residual of ln L about the power law over the run's tail window", "1"),
+    "tail_exp_rms": ("rms residual of ln L about an exponential approach over the same window", "1"),
     "r2_plain": ("unweighted R^2 of the linear fit of 1/tau in w (the legacy criterion's)", "1"),
     "tau_scatter": ("standard deviation of ln tau: seed scatter pooled over width and eps, and grid", "1"),
     "extrapolation_eps": ("eps used for w_c_star at every depth and replica", "1"),
@@ -185,7 +196,8 @@ def fit_study(
     if measured_floor is not None and np.isfinite(measured_floor):
         sgd = xr.full_like(sgd, measured_floor)
     floor_ref = np.fmax(sgd, data_floor)  # NaN SGD floor (widest nets all diverged): the data floor
-    phase = classify(windows, floor_ref, config.floor_factor)
+    t_star = crossing_time(smooth, config.floor_factor * floor_ref)
+    phase = classify(windows, floor_ref, config.floor_factor, t_star)
     eps_valid = (data_floor + study["eps"] >= config.floor_factor * floor_ref).transpose("depth", "eps")
     widths = study["width"].astype(np.float64)
     ds = xr.Dataset(
@@ -197,9 +209,10 @@ def fit_study(
             "sgd_floor": sgd,
             "floor_ref": floor_ref,
             "phase": phase,
+            "phase_legacy": classify(windows, floor_ref, config.floor_factor),
             "w_under_max": widths.where(phase == UNDER).max("width"),
             "w_over_min": widths.where(phase == OVER).min("width"),
-            "t_star": crossing_time(smooth, config.floor_factor * floor_ref),
+            "t_star": t_star,
             "clipped_fraction": clipped_fraction(study["clip_fraction"]).where(~diverged),
             "eps_valid": eps_valid,
             "diverged": diverged,
@@ -222,10 +235,8 @@ def fit_study(
     for name, (long_name, units) in ATTRS.items():
         if name in ds.variables:
             ds[name].attrs = {"long_name": long_name, "units": units}
-    ds["phase"].attrs |= {
-        "flag_values": [OVER, UNDER, UNDETERMINED],
-        "flag_meanings": "over under undetermined",
-    }
+    for name in ("phase", "phase_legacy"):
+        ds[name].attrs |= {"flag_values": [OVER, UNDER, UNDETERMINED], "flag_meanings": FLAG_MEANINGS}
     excluded = diverged_runs(study) + [
         f"aging {run}" for run in ([] if aging is None else diverged_runs(aging))
     ]
@@ -264,13 +275,14 @@ def fit_aging_subset(
     smooth = smoothed_loss(aging["loss"].where(~diverged), smoothing_decades)
     windows = power_laws(smooth, config.window_start, config.ci, float(aging.attrs["data_floor"]))
     floor_ref = floor_ref.fillna(float(aging.attrs["data_floor"]))
-    phase = classify(windows, floor_ref, config.floor_factor)
+    t_star = crossing_time(smooth, config.floor_factor * floor_ref)
     reported = windows.isel(window=0, drop=True)
     ds = xr.Dataset(
         {
             **{name: reported[name] for name in ("L_inf", "alpha", "fit_rms")},
-            "phase": phase,
-            "t_star": crossing_time(smooth, config.floor_factor * floor_ref),
+            "phase": classify(windows, floor_ref, config.floor_factor, t_star),
+            "phase_legacy": classify(windows, floor_ref, config.floor_factor),
+            "t_star": t_star,
             "clipped_fraction": clipped_fraction(aging["clip_fraction"]).where(~diverged),
             "steps": xr.DataArray(int(aging["step"].values[-1])),
         }
@@ -318,9 +330,15 @@ def collapse_aging(study: xr.Dataset, config: FitsConfig) -> xr.Dataset:
     return xr.merge([raw, norm])
 
 
-def _number(value: float) -> float | None:
-    """Make a JSON-safe float: rounded to 5 significant digits, None for NaN/inf."""
+def _number(value: float) -> float | str | None:
+    """Make a JSON-safe number, rounded to 5 significant digits.
+
+    None for NaN (no fit); "inf" or "-inf" for an unbounded interval end: JSON has no infinity, and
+    an unbounded bound is not a missing one.
+    """
     value = float(value)
+    if np.isinf(value):
+        return "inf" if value > 0 else "-inf"
     return float(f"{value:.5g}") if np.isfinite(value) else None
 
 

@@ -76,6 +76,35 @@ def fit_power_law(
 POWER_LAW_VARS = ("L_inf", "B", "alpha", "L_inf_err", "B_err", "alpha_err", "fit_rms")
 
 
+def fit_exponential(step: np.ndarray, loss: np.ndarray, start: float, floor: float = 0.0) -> float:
+    """Return the rms of ln-residuals of the best L(t) = L_inf + B exp(-(t - t_0)/T) over ``step >= start``.
+
+    The rival of :func:`fit_power_law` on the same window (same bounds on L_inf, fitted in log L):
+    a tail that is a power law fits it worse, an exponential approach fits it better. t_0 is the
+    window's start; T is searched from a tenth of the window to ten windows. NaN with fewer than
+    6 finite points.
+    """
+    keep = (step >= start) & np.isfinite(loss) & (loss > 0)
+    if int(keep.sum()) < 6:
+        return np.nan
+    t, y = step[keep].astype(np.float64), loss[keep].astype(np.float64)
+    span = max(t[-1] - t[0], 1.0)
+    x, ln_y, floor_max = (t - t[0]) / span, np.log(y), float(y.min())
+    floor = min(floor, 0.999999 * floor_max)
+
+    def residual(p: np.ndarray) -> np.ndarray:
+        return np.log(p[0] + p[1] * np.exp(-x / p[2])) - ln_y
+
+    best = np.inf
+    for scale in (0.1, 0.3, 1.0, 3.0):
+        for frac in (0.0, 0.5, 0.9):
+            start_inf = floor + frac * (floor_max - floor)
+            p0 = [start_inf, max(y[0] - start_inf, 1e-9), scale]
+            fit = least_squares(residual, p0, bounds=([floor, 1e-12, 0.01], [floor_max, np.inf, 10.0]))
+            best = min(best, 2 * fit.cost)
+    return float(np.sqrt(best / x.size))
+
+
 def power_laws(
     loss: xr.DataArray, starts: Sequence[int], level: float = 0.95, floor: float = 0.0
 ) -> xr.Dataset:
@@ -98,7 +127,8 @@ def power_laws(
     return fits.to_dataset("quantity")
 
 
-TAIL_VARS = ("L_inf", "alpha", "alpha_err", "fit_rms")  # of fit_power_law, kept as tail_*
+TAIL_VARS = ("L_inf", "alpha", "alpha_err", "fit_rms")  # of fit_power_law, kept as tail_*; and
+TAIL_RIVAL = "tail_exp_rms"  # the exponential's rms over the same window
 
 
 def tail_fits(
@@ -110,6 +140,7 @@ def tail_fits(
     not the tail. A run whose window [max(window_start[0], tail_factor τ), t_end] spans fewer than
     ``tail_min_decades`` (or that never dropped: τ = inf, or diverged: NaN) has **no tail** within
     the budget (``has_tail`` false, its tail fit NaN): not a misfit, a run too short to tell.
+    Beside the power law, an exponential approach is fitted to the same window (``tail_exp_rms``).
     """
     step = smooth["step"].values
     first = float(config.window_start[0])
@@ -119,9 +150,9 @@ def tail_fits(
 
     def fit_one(loss: np.ndarray, begin: float, tail: bool) -> np.ndarray:
         if not tail:
-            return np.full(len(TAIL_VARS), np.nan)
+            return np.full(len(TAIL_VARS) + 1, np.nan)
         out = fit_power_law(step, loss, begin, floor=floor)
-        return out[picked]
+        return np.append(out[picked], fit_exponential(step, loss, begin, floor))
 
     fitted = xr.apply_ufunc(
         fit_one,
@@ -131,6 +162,6 @@ def tail_fits(
         input_core_dims=[["time"], [], []],
         output_core_dims=[["quantity"]],
         vectorize=True,
-        dask_gufunc_kwargs={"output_sizes": {"quantity": len(TAIL_VARS)}},
-    ).assign_coords(quantity=[f"tail_{v}" for v in TAIL_VARS])
+        dask_gufunc_kwargs={"output_sizes": {"quantity": len(TAIL_VARS) + 1}},
+    ).assign_coords(quantity=[f"tail_{v}" for v in TAIL_VARS] + [TAIL_RIVAL])
     return fitted.to_dataset("quantity").assign(has_tail=has_tail, tail_start=start.where(has_tail))

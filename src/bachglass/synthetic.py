@@ -16,7 +16,7 @@ import xarray as xr
 
 from bachglass.aging import collapse
 from bachglass.critical import critical
-from bachglass.fits import OVER, UNDER, FitsConfig, classify
+from bachglass.fits import OVER, UNDER, FitsConfig, classify, crossing_time
 from bachglass.loss_fits import power_laws, tail_fits
 from bachglass.observables import learning_time, smoothed_loss
 from bachglass.train import checkpoint_steps
@@ -194,14 +194,20 @@ def tail_fits_of(design: Design, truth: Truth, rng: np.random.Generator) -> xr.D
 
 
 def phase_fits_of(design: Design, truth: Truth, rng: np.random.Generator) -> xr.Dataset:
-    """Classify each (depth, width) of one synthetic study by the pipeline's own rule (check 2)."""
+    """Classify each (depth, width) of a synthetic study by the pipeline's rules, new and legacy (check 2)."""
     study = loss_study(design, truth, rng)
     smooth = smoothed_loss(study["loss"], design.smoothing_decades)
     windows = power_laws(smooth, design.fits.window_start, design.fits.ci, design.data_floor)
     floor_ref = xr.DataArray(
         np.full(len(design.depths), design.floor_ref), coords={"depth": list(design.depths)}
     )
-    return classify(windows, floor_ref, design.fits.floor_factor).to_dataset()
+    t_star = crossing_time(smooth, design.fits.floor_factor * floor_ref)
+    return xr.Dataset(
+        {
+            "phase": classify(windows, floor_ref, design.fits.floor_factor, t_star),
+            "phase_legacy": classify(windows, floor_ref, design.fits.floor_factor),
+        }
+    )
 
 
 def aging_fits(design: Design, truth: Truth, rng: np.random.Generator, phase: int) -> xr.Dataset:
