@@ -69,11 +69,19 @@ def test_check_2_finds_the_plateaus_when_the_nets_get_there_within_the_budget(de
     assert_separates(calibration.calibrate(design, studies=1, scenarios=fast))
 
 
+def test_the_restart_test_tells_a_floor_that_drops_with_eta_when_the_restarts_get_to_it(design):
+    # floor runs 40x faster than the default truth's and restarts 100x longer: each settles on its floor
+    restarts = [s for s in scenarios(7) if s.make is synthetic.floor_fits]
+    fast = [dataclasses.replace(s, truth=dataclasses.replace(s.truth, floor_scale=3.0)) for s in restarts]
+    long = dataclasses.replace(design, floor=dataclasses.replace(design.floor, restart_steps=4_000_000))
+    rows = calibration.calibrate(long, studies=1, scenarios=fast)
+    assert [(r["claim"], r["new"]) for r in rows] == [(True, 1.0), (False, 0.0)]
+
+
 @pytest.mark.parametrize("check", [6, 7])
 def test_the_aging_criteria_tell_the_claim_from_its_negation_without_seed_noise(design, check):
-    quiet = [
-        dataclasses.replace(s, truth=dataclasses.replace(s.truth, aging_noise=0.0)) for s in scenarios(check)
-    ]
+    collapse = [s for s in scenarios(check) if s.make is not synthetic.floor_fits]  # not the restart test
+    quiet = [dataclasses.replace(s, truth=dataclasses.replace(s.truth, aging_noise=0.0)) for s in collapse]
     rows = calibration.calibrate(design, studies=1, scenarios=quiet)
     assert_separates(rows)
 

@@ -150,6 +150,14 @@ def test_the_legacy_criteria_judge_the_legacy_phases_and_the_new_ones_do_not():
     assert new[2].passed and new[4].passed
 
 
+def test_restart_floors_on_the_fits_lower_bound_are_not_compared():
+    ds = fits(restart_floor=[0.0037266, 0.0037265]).assign_attrs(data_floor=0.0037265)  # round-off apart
+    new, old = checks.restart_test(ds), legacy_checks.restart_test(ds)
+    assert not new.passed and "0.003727 (on the bound) at x0.5" in new.measured
+    assert old.passed  # the first criterion compared them by their round-off
+    assert checks.restart_test(fits().assign_attrs(data_floor=0.0037265)).passed
+
+
 def test_table_prints_the_numbers_and_the_verdicts_new_and_old():
     ds = fits(tail_fit_rms=0.2)
     text = checks.table(checks.run_checks(ds))

@@ -26,7 +26,15 @@ import xarray as xr
 from bachglass import checks, legacy_checks
 from bachglass.fits import OVER, UNDER
 from bachglass.params import load_params
-from bachglass.synthetic import Design, Truth, aging_fits, critical_fits, phase_fits_of, tail_fits_of
+from bachglass.synthetic import (
+    Design,
+    Truth,
+    aging_fits,
+    critical_fits,
+    floor_fits,
+    phase_fits_of,
+    tail_fits_of,
+)
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,24 @@ SCENARIOS = (
         _aging(OVER),
         checks.aging_over,
         legacy_checks.aging_over,
+    ),
+    Scenario(
+        7,
+        "restart: the floor drops with eta",
+        True,
+        Truth(),
+        floor_fits,
+        checks.restart_test,
+        legacy_checks.restart_test,
+    ),
+    Scenario(
+        7,
+        "restart: a floor that does not move with eta",
+        False,
+        Truth(floor_kappa=0.0),
+        floor_fits,
+        checks.restart_test,
+        legacy_checks.restart_test,
     ),
 )
 

@@ -31,12 +31,16 @@ CENSORED = "not reached (censored)"
 MARKERS = ("o", "s", "D", "v", "P", "X", "*", "h")
 DIVERGED = Line2D([], [], color="0.3", marker="x", ls="none", label="diverged")
 
-# Phase from L_inf (fits.phase) as marker shape and fill, so that colour stays free for the depth:
-# filled = a plateau above the floors, open = reaches them, half = seeds or fit windows disagree.
+# Phase (fits.phase) as marker shape and fill, so that colour stays free for the depth: filled = a
+# plateau above the floors, open = reaches them, half = seeds or windows disagree, or not there yet.
 PHASES = {
     UNDER: {"marker": "o", "fillstyle": "full", "label": "under-parametrized (L_inf above floor)"},
-    OVER: {"marker": "s", "fillstyle": "none", "label": "over-parametrized (L_inf at floor)"},
-    UNDETERMINED: {"marker": "D", "fillstyle": "bottom", "label": "undetermined (seeds/windows disagree)"},
+    OVER: {"marker": "s", "fillstyle": "none", "label": "over-parametrized (loss reached the floor)"},
+    UNDETERMINED: {
+        "marker": "D",
+        "fillstyle": "bottom",
+        "label": "undetermined (disagree, or not yet)",
+    },
 }
 PHASE_COLOURS = {UNDER: "C3", OVER: "C0", UNDETERMINED: "0.45"}
 

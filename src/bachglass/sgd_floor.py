@@ -214,6 +214,7 @@ def analyse(
             "floor_depth": config.depth,
             "floor_width": config.width,
             "floor_window_start": config.window_start,
+            "data_floor": data_floor,
         },
     )
     if restarts:

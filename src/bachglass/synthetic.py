@@ -19,6 +19,7 @@ from bachglass.critical import critical
 from bachglass.fits import OVER, UNDER, FitsConfig, classify, crossing_time
 from bachglass.loss_fits import power_laws, tail_fits
 from bachglass.observables import learning_time, smoothed_loss
+from bachglass.sgd_floor import FloorConfig, analyse
 from bachglass.train import checkpoint_steps
 
 L0 = 3.2  # nats/note at initialisation (mean ln vocab size)
@@ -42,6 +43,7 @@ class Design:
     aging_seeds: int
     aging_steps: int
     aging_tau_w: tuple[int, ...]
+    floor: FloorConfig  # the SGD-floor runs and their restarts (check 7's restart test)
 
     @classmethod
     def from_params(cls, params: dict, data_floor: float, floor_ref: float) -> Design:
@@ -62,6 +64,7 @@ class Design:
             aging_seeds=len(aging["seed"]) or len(params["grid"]["seed"]),
             aging_steps=int(aging["steps"] or params["train"]["steps"]),
             aging_tau_w=tuple(aging["tau_w"] or params["observables"]["tau_w"]),
+            floor=FloorConfig(**params["sgd_floor"]),
         )
 
 
@@ -94,6 +97,9 @@ class Truth:
     mu: float = 1.0  # aging: Delta is a function of tau/tau_w^mu
     freeze: bool = True  # over-parametrized nets: Delta stops growing once t > t*
     aging_noise: float = 0.1  # sd of ln Delta: of a seed's curve at one tau_w, and of each point
+    floor_kappa: float = 1.0  # L_SGD - data floor ∝ (eta/B)^kappa, = floor_ref - data floor at the study's
+    floor_alpha: float = 1.5  # floor runs: L = L_SGD + (L0 - L_SGD) (1 + eta t / floor_scale)^-alpha
+    floor_scale: float = 125.0  # ... in units of eta x steps: at eta 0.05 the loss is 0.28 at 10^4 steps
 
 
 def _w_c_star(design: Design, truth: Truth) -> np.ndarray:
@@ -208,6 +214,73 @@ def phase_fits_of(design: Design, truth: Truth, rng: np.random.Generator) -> xr.
             "phase_legacy": classify(windows, floor_ref, design.fits.floor_factor),
         }
     )
+
+
+def _floor_level(design: Design, truth: Truth, lr: float, batch_size: int) -> float:
+    """L_SGD at (lr, B): the data floor plus an excess ∝ (η/B)^κ, equal to floor_ref at the first setting."""
+    first = design.floor.settings[0]
+    ratio = (lr / batch_size) / (first["lr"] / first["batch_size"])
+    return design.data_floor + (design.floor_ref - design.data_floor) * ratio**truth.floor_kappa
+
+
+def _floor_runs(loss: np.ndarray, step: np.ndarray, **attrs: float) -> xr.Dataset:
+    return xr.Dataset(
+        {"loss": (("seed", "time"), loss)},
+        coords={"seed": np.arange(loss.shape[0]), "step": ("time", step)},
+        attrs=attrs,
+    )
+
+
+def floor_fits(design: Design, truth: Truth, rng: np.random.Generator) -> xr.Dataset:
+    """Fit synthetic floor runs and restarts by :func:`bachglass.sgd_floor.analyse` (check 7, restarts).
+
+    Each run relaxes to its (η, B)'s floor along L = L_SGD + (L0 - L_SGD)(1 + η t/s)^-α, s scattered
+    between seeds as τ is. A restart at η f from step t_r continues the same curve in η t with the
+    floor of η f: L = L_SGD(ηf) + (L(t_r) - L_SGD(ηf)) g(t'), g the curve's decay from η t_r on at
+    the rate η f. ``floor_kappa`` 0 is the negation: a floor that does not move with η. No run is
+    knocked back (the real study's knocked-back seed is a finding of its own, not modelled here).
+    """
+    c = design.floor
+    n = len(c.seed)
+    scale = truth.floor_scale * np.exp(truth.scatter * rng.normal(size=(n, 1)))
+    grid = checkpoint_steps(c.steps, design.per_decade).astype(np.float64)
+
+    def noisy(curve: np.ndarray, start: bool = True) -> np.ndarray:
+        out = curve * np.exp(truth.loss_noise * rng.normal(size=curve.shape))
+        if start:  # real nets fall from their first step: the initial loss tops the early noise
+            out[:, 0] = L0 * np.exp(5 * truth.loss_noise)
+        return out
+
+    settings = []
+    for setting in c.settings:
+        lr, batch = float(setting["lr"]), int(setting["batch_size"])
+        level = _floor_level(design, truth, lr, batch)
+        loss = level + (L0 - level) * (1 + lr * grid[None, :] / scale) ** -truth.floor_alpha
+        settings.append(_floor_runs(noisy(loss), grid, lr=lr, batch_size=batch, data_floor=design.data_floor))
+    first, restarts = c.settings[0], []
+    lr, batch = float(first["lr"]), int(first["batch_size"])
+    t_r = float(grid[np.abs(np.log(np.maximum(grid, 1)) - np.log(c.restart_step)).argmin()])
+    parent = _floor_level(design, truth, lr, batch)
+    at_restart = parent + (L0 - parent) * (1 + lr * t_r / scale) ** -truth.floor_alpha
+    after = checkpoint_steps(c.restart_steps, design.per_decade).astype(np.float64)
+    for f in c.restart_factors:
+        level = _floor_level(design, truth, lr * f, batch)
+        decay = (
+            (1 + (lr * t_r + lr * f * after[None, :]) / scale) / (1 + lr * t_r / scale)
+        ) ** -truth.floor_alpha
+        loss = level + (at_restart - level) * decay
+        restarts.append(
+            _floor_runs(
+                noisy(loss, start=False),
+                after,
+                lr=lr * f,
+                batch_size=batch,
+                restart_step=int(t_r),
+                restart_factor=f,
+            )
+        )
+    fits = design.fits
+    return analyse(settings, restarts, c, fits.n_boot, fits.ci, fits.seed, fits.floor_factor)
 
 
 def aging_fits(design: Design, truth: Truth, rng: np.random.Generator, phase: int) -> xr.Dataset:
