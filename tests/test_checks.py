@@ -9,6 +9,7 @@ from bachglass.fits import OVER, UNDER, UNDETERMINED
 
 DEPTHS, WIDTHS, SEEDS, EPS = [1, 2, 3], [4, 8, 12, 16, 24], [0, 1, 2], [0.3, 0.1, 0.05]
 N_BOOT = 50
+RNG = np.random.default_rng(7)  # the overrides' noise
 
 
 def fits(**overrides: object) -> xr.Dataset:
@@ -99,6 +100,7 @@ def test_fits_that_show_every_claim_pass_every_check(module):
         (1, {"has_tail": np.arange(45).reshape(3, 5, 3) < 6}),  # tails in 2 nets only: too few to judge
         (1, {"tail_exp_rms": 0.005}),  # an exponential approach fits the tails better
         (1, {"tail_alpha": 0.0}),  # the tails are flat: nothing falls
+        (1, {"tail_alpha": 1.0 + 0.05 * np.arange(5)[:, None] + RNG.normal(0, 0.005, (3, 5, 3))}),  # by < 0.3
         (2, {"phase": [OVER, UNDER, UNDETERMINED, UNDER, OVER]}),  # phases do not split at one width
         (3, {"nu_dchi2_1": 9.0}),  # nu = 1 rejected
         (3, {"nu_dchi2_2": 1.0}),  # nu = 2 not rejected: nu not determined
