@@ -316,9 +316,9 @@ def restart_test(fits: xr.Dataset, measured_floors: bool = True) -> Check:
     loss was still falling, and two such floors compare by round-off (``measured_floors`` False:
     the legacy criterion, which compared them).
     """
-    which = "every floor measured (above the data-floor bound of its fit), " if measured_floors else "every "
+    which = "measured (above the data-floor bound of its fit) and " if measured_floors else ""
     criterion = (
-        f"restarts at eta x f (f < 1): {which}floor below the parent's, lower for smaller f, and the "
+        f"restarts at eta x f (f < 1): every floor {which}below the parent's, lower for smaller f, and the "
         "median time to reach 2x its floor later than the parent's"
     )
     claim = "aging breaks at the SGD floor: a smaller eta lowers it and delays the break"
