@@ -54,7 +54,7 @@ def test_check_3_tells_nu_1_from_nu_2_where_the_design_allows(design):
 
 def test_check_1_tells_power_law_tails_from_an_exponential_approach_when_runs_have_tails(design):
     # drops 14x earlier than the default truth's: most nets have a tail of a decade or more. (One
-    # alpha for every net is the ANOVA's negation; its rate, ~10-15 %, is docs/calibration.md's.)
+    # alpha for every net, the other negation, is docs/calibration.md's table.)
     fast = [dataclasses.replace(s, truth=dataclasses.replace(s.truth, drop_scale=2e3)) for s in scenarios(1)]
     rows = calibration.calibrate(design, studies=2, scenarios=[fast[0], fast[2]])
     assert [(r["scenario"], r["new"]) for r in rows] == [

@@ -155,9 +155,14 @@ def test_the_legacy_criteria_judge_the_legacy_phases_and_the_new_ones_do_not():
 def test_restart_floors_on_the_fits_lower_bound_are_not_compared():
     ds = fits(restart_floor=[0.0037266, 0.0037265]).assign_attrs(data_floor=0.0037265)  # round-off apart
     new, old = checks.restart_test(ds), legacy_checks.restart_test(ds)
-    assert not new.passed and "0.003727 (on the bound) at x0.5" in new.measured
+    assert not new.passed and "0.003727 (a run on the bound) at x0.5" in new.measured
     assert old.passed  # the first criterion compared them by their round-off
     assert checks.restart_test(fits().assign_attrs(data_floor=0.0037265)).passed
+    # one seed on the bound: the median of the three lies above it, but that floor is not measured
+    runs = [[0.0037265, 0.0203, 0.02], [0.0037265, 0.0123, 0.012]]
+    runs = xr.DataArray(runs, dims=("restart", "floor_seed"))
+    half = fits().assign(restart_floor_run=runs).assign_attrs(data_floor=0.0037265)
+    assert not checks.restart_test(half).passed and legacy_checks.restart_test(half).passed
 
 
 def test_table_prints_the_numbers_and_the_verdicts_new_and_old():
@@ -182,6 +187,10 @@ def test_aging_checks_judge_the_aging_subset_when_there_is_one():
     ds = xr.merge([ds, renamed.assign(aging_steps=xr.DataArray(200000))])
     six = checks.aging_under(ds)
     assert not six.passed and "aging subset, 200000 steps" in six.measured
+    # the old verdicts read the subset's first-rule phases: here every aging net was "over" by L_inf alone
+    ds["aging_phase_legacy"] = xr.full_like(ds["aging_phase"], OVER)
+    old = legacy_checks.aging_under(legacy_checks.legacy_view(ds))
+    assert "0/0 under-parametrized nets" in old.measured and "0/6" in checks.aging_under(ds).measured
 
 
 def test_aging_check_reports_the_normalised_mu_beside_the_raw_one_without_judging_it():

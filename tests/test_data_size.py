@@ -61,12 +61,27 @@ def test_a_study_without_w_c_star_in_a_third_of_its_replicas_leaves_gamma_unboun
     np.testing.assert_allclose(ds["gamma_fraction"].values, 0.7)
 
 
-def test_a_size_without_n_star_gives_no_gamma_and_fewer_than_three_sizes_none(tmp_path):
+def test_gamma_is_fitted_over_the_sizes_with_n_star_and_needs_three(tmp_path):
     paths = study(tmp_path, 1.0)
-    paths[1] = fits_file(tmp_path, P[1], [np.nan, 2.4 * P[1]])
+    paths[1] = fits_file(tmp_path, P[1], [np.nan, 2.4 * P[1]])  # no w_c* at d = 2 for 8 chorales
+    ds = data_size.data_size(paths)
+    assert ds["gamma_sizes"].values.tolist() == [3, 4]
+    np.testing.assert_allclose(ds["gamma"].values, [1.0, 1.0], atol=1e-9)
+    paths[2] = fits_file(tmp_path, P[2], [np.nan, 2.4 * P[2]])
     ds = data_size.data_size(paths)
     assert np.isnan(float(ds["gamma"].sel(depth=2))) and np.isfinite(float(ds["gamma"].sel(depth=3)))
-    assert np.isnan(data_size.data_size(study(tmp_path, 1.0)[:2])["gamma"]).all()
+    assert np.isnan(data_size.data_size(study(tmp_path, 1.0)[:2])["gamma"]).all()  # two sizes: no slope
+
+
+def test_a_depth_missing_from_one_study_and_unequal_replica_counts_are_aligned(tmp_path):
+    paths = study(tmp_path, 1.0)
+    with xr.open_dataset(paths[0]) as ds:
+        only = ds.sel(depth=[3], boot=slice(0, N_BOOT // 2 - 1)).load()  # one depth, half the replicas
+    only.to_netcdf(tmp_path / "only_d3.nc")
+    ds = data_size.data_size([tmp_path / "only_d3.nc", *paths[1:]])
+    assert ds.sizes["boot"] == N_BOOT // 2 and ds["gamma_sizes"].values.tolist() == [3, 4]
+    with pytest.raises(DataError, match="same number of scored notes"):
+        data_size.collect([paths[0], paths[0]])
 
 
 def test_a_fits_file_without_p_is_named_in_the_error(tmp_path):

@@ -14,9 +14,10 @@ from bachglass.fits import (
     classify,
     clipped_fraction,
     fit_study,
+    json_number,
     metrics,
 )
-from bachglass.loss_fits import fit_power_law, power_laws, tail_fits
+from bachglass.loss_fits import fit_exponential, fit_power_law, power_laws, tail_fits
 from bachglass.observables import ObservablesConfig, combine_runs, run_observables
 
 # 25 checkpoints per decade over 10^2 .. 4 10^4 SGD steps, like a late fit window of the study
@@ -97,6 +98,7 @@ def test_power_law_with_fewer_than_6_usable_points_is_nan(n):
     short = power_law(0.3, 0.5, 0.7)
     assert np.isnan(fit_power_law(T, short, start=T[-5])).all()  # 5 points after start
     assert np.isfinite(fit_power_law(T, short, start=T[-6])).all()
+    assert np.isnan(fit_exponential(T, short, start=T[-5])) and np.isfinite(fit_exponential(T, short, T[-6]))
 
 
 def loss_array(curves, starts=(100, 300)):
@@ -256,6 +258,13 @@ def test_fit_study_phase_is_under_above_twice_the_floor_and_over_at_it(fits):
     assert fits["phase"].sel(depth=2).values.tolist() == [UNDER] * 4 + [OVER] * 3
     assert fits["w_under_max"].values.tolist() == [22, 18]
     assert fits["w_over_min"].values.tolist() == [24, 20]
+    assert (fits["phase_legacy"] == fits["phase"]).all()  # every net here gets where its fit says
+    assert fits["phase_legacy"].attrs["flag_meanings"] == "over under undetermined"
+
+
+def test_metrics_tell_an_unbounded_end_from_no_fit():
+    assert json_number(np.inf) == "inf" and json_number(-np.inf) == "-inf"
+    assert json_number(np.nan) is None and json_number(0.0123456789) == 0.012346
 
 
 def test_fit_study_eps_is_valid_only_where_floor_plus_eps_reaches_floor_factor_times_the_floor(fits):

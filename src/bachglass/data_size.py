@@ -3,9 +3,10 @@
 One study per training-set size (``configs/data_size/n*.yaml``, each run in a clone of its own,
 since ``results/`` holds one study) gives N* with its seed-bootstrap replicas in its ``fits.nc``.
 This module gathers them and fits N* ∝ P^γ per depth: γ by least squares of ln N* on ln P over
-the point estimates, its interval from the replicas (the b-th replica of every study: the
-studies' bootstraps are independent). A replica in which any study has no N* (no w_c*) has no γ
-and counts as unbounded (:func:`bachglass.critical.counted_interval`), as w_c* itself does.
+the sizes with N*, its interval from the replicas (the b-th replica of every study; each size's
+config bootstraps with a seed of its own, so they are independent). A replica in which one of
+those studies has no N* (no w_c*) has no γ and counts as unbounded
+(:func:`bachglass.critical.counted_interval`), as w_c* itself does.
 
 ``python -m bachglass.data_size clone_n4/results/fits.nc clone_n8/results/fits.nc ...
 --out results/data_size.nc --figure results/figures/data_size.png``.
@@ -62,24 +63,27 @@ def _slope(ln_p: np.ndarray, ln_n: np.ndarray) -> tuple[float, float]:
 def fit_gamma(sizes: xr.Dataset, ci: float = 0.95) -> xr.Dataset:
     """γ and c of ln N* = γ ln P + c per depth, with the counted bootstrap interval of γ.
 
-    Needs N* at every training-set size of a depth (at least ``MIN_SIZES``); a depth where one
-    size has no w_c* has no γ (NaN), and a replica where one has none counts as unbounded.
+    Fitted over the sizes where the depth has N* (at least ``MIN_SIZES`` of them, else γ is NaN);
+    each replica over the same sizes, and a replica in which one of them has no N* counts as
+    unbounded.
     """
-    ln_p = np.log(sizes["scored_notes"].values.astype(np.float64))
+    all_p = np.log(sizes["scored_notes"].values.astype(np.float64))
     out = {k: [] for k in ("gamma", "gamma_lo", "gamma_hi", "log_prefactor", "gamma_fraction")}
     boots = []
     for d in sizes["depth"].values:
         at = sizes.sel(depth=d)
-        gamma, intercept = _slope(ln_p, np.log(at["n_star"].values))
-        boot = np.array(
-            [_slope(ln_p, np.log(row))[0] for row in at["n_star_boot"].transpose("boot", ...).values]
-        )
+        used = np.isfinite(at["n_star"].values)  # the sizes with a transition at this depth
+        ln_p = all_p[used]
+        gamma, intercept = _slope(ln_p, np.log(at["n_star"].values[used]))
+        replicas = at["n_star_boot"].transpose("boot", ...).values[:, used]
+        boot = np.array([_slope(ln_p, np.log(row))[0] for row in replicas])
         lo, hi = counted_interval(boot, ci)
         for key, value in zip(out, (gamma, lo, hi, intercept, np.isfinite(boot).mean()), strict=True):
             out[key].append(value)
         boots.append(boot)
     ds = xr.Dataset(
         {k: ("depth", np.asarray(v, dtype=np.float64)) for k, v in out.items()}
+        | {"gamma_sizes": ("depth", np.isfinite(sizes["n_star"].transpose("depth", ...).values).sum(1))}
         | {"gamma_boot": (("boot", "depth"), np.stack(boots, axis=1))},
         coords={"depth": sizes["depth"].values, "boot": sizes["boot"].values},
     )
@@ -91,6 +95,7 @@ def fit_gamma(sizes: xr.Dataset, ci: float = 0.95) -> xr.Dataset:
     ds["gamma_hi"].attrs = {"long_name": "upper bound of gamma (a replica without N* counts as +inf)"}
     ds["log_prefactor"].attrs = {"long_name": "c of ln N* = gamma ln P + c", "units": "1"}
     ds["gamma_fraction"].attrs = {"long_name": "fraction of bootstrap replicas with a gamma", "units": "1"}
+    ds["gamma_sizes"].attrs = {"long_name": "sizes with N* (gamma is fitted over them)", "units": "1"}
     return ds.assign_attrs(ci=ci, min_sizes=MIN_SIZES)
 
 

@@ -171,9 +171,10 @@ def power_laws(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     """Plot the fitted exponent alpha and asymptotic loss L_inf against width, one colour per depth.
 
     Points are seed means with error bars (seed scatter and fit error); the marker says the phase
-    read from L_inf. L_inf is on a log axis between the data floor and the under-parametrized
+    (fits.phase). L_inf is on a log axis between the data floor and the under-parametrized
     plateaus; a fit whose L_inf is at the lower bound 0 sits on the bottom edge. The dotted lines are
-    ``floor_factor`` x max(data floor, SGD floor) of each depth, the level that separates the phases.
+    ``floor_factor`` x max(data floor, SGD floor) of each depth: L_inf above it is under-parametrized;
+    at or below it, over-parametrized once every seed's loss has got there (t*).
     """
     depths, widths = fits["depth"].values, fits["width"].values.astype(np.float64)
     fig, axes = panels(2, sharey=False, width=4.4)

@@ -192,7 +192,7 @@ def critical_widths(study: xr.Dataset, fits: xr.Dataset) -> Figure:
 
     The dashed line is w_c* + b ε; the star at ε = 0 is w_c* with its CI, the interpolation
     transition. The grey band spans the widest under- to the narrowest over-parametrized width
-    classified from L_inf: the two independent estimates of the transition should overlap.
+    classified from L_inf and t* (fits.phase): the two estimates of the transition should overlap.
     """
     depths, eps = fits["depth"].values, fits["eps"].values
     fig, axes = panels(depths.size)
@@ -233,7 +233,7 @@ def critical_widths(study: xr.Dataset, fits: xr.Dataset) -> Figure:
 
 
 def phase_diagram(study: xr.Dataset, fits: xr.Dataset) -> Figure:
-    """Draw the (w, d) plane: each grid point marked by its phase from L_inf, and the boundary w_c*(d).
+    """Draw the (w, d) plane: each grid point marked by its phase (fits.phase), and the boundary w_c*(d).
 
     w_c*(d) (stars, bootstrap CI as horizontal bars) is the ε → 0 limit of the critical widths;
     the line joins the depths. The paper expects it to fall with depth and to separate the filled
@@ -267,7 +267,8 @@ def phase_diagram(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         Line2D([], [], label="w_c*(d), CI: phase boundary", **star_style),
     ]
     fig.legend(handles=handles, loc="outside right upper", fontsize="small")
-    ax.set(xscale="log", xlabel=WIDTH_LABEL, ylabel=DEPTH_LABEL, title="phase diagram (from L_inf and w_c*)")
+    title = "phase diagram (phases from L_inf and t*; w_c*)"
+    ax.set(xscale="log", xlabel=WIDTH_LABEL, ylabel=DEPTH_LABEL, title=title)
     ax.set_xticks(widths, [str(w) for w in widths], fontsize="small")
     ax.minorticks_off()
     ax.set_yticks(depths)

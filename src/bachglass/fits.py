@@ -330,7 +330,7 @@ def collapse_aging(study: xr.Dataset, config: FitsConfig) -> xr.Dataset:
     return xr.merge([raw, norm])
 
 
-def _number(value: float) -> float | str | None:
+def json_number(value: float) -> float | str | None:
     """Make a JSON-safe number, rounded to 5 significant digits.
 
     None for NaN (no fit); "inf" or "-inf" for an unbounded interval end: JSON has no infinity, and
@@ -348,7 +348,7 @@ def metrics(fits: xr.Dataset) -> dict:
     nu is the free exponent at the smallest threshold with a fit; collapse metrics are medians over
     the (depth, width) of one phase (under: below the transition, over: above it).
     """
-    out: dict = {"data_floor": _number(fits.attrs["data_floor"])}
+    out: dict = {"data_floor": json_number(fits.attrs["data_floor"])}
     excluded = str(fits.attrs.get("excluded_runs", "none"))
     out["excluded_runs"] = [] if excluded == "none" else excluded.split("; ")  # diverged: in no fit
     for d in fits["depth"].values:
@@ -356,21 +356,21 @@ def metrics(fits: xr.Dataset) -> dict:
         fitted = f["eps"].values[np.isfinite(f["w_c"].values)]
         keys = ("w_c_star", "w_c_star_lo", "w_c_star_hi", "sgd_floor", "nu_profile", "nu_dchi2_1")
         keys += tuple(k for k in ("n_star", "n_star_lo", "n_star_hi", "n_per_note_star") if k in f)
-        row = {k: _number(f[k]) for k in keys}
-        row["w_c"] = {f"eps_{e:g}": _number(f["w_c"].sel(eps=e)) for e in f["eps"].values}
+        row = {k: json_number(f[k]) for k in keys}
+        row["w_c"] = {f"eps_{e:g}": json_number(f["w_c"].sel(eps=e)) for e in f["eps"].values}
         if fitted.size:
             e = fitted.min()
             row |= {
-                "nu_eps": _number(e),
-                **{k: _number(f[k].sel(eps=e)) for k in ("nu", "nu_lo", "nu_hi", "r2")},
+                "nu_eps": json_number(e),
+                **{k: json_number(f[k].sel(eps=e)) for k in ("nu", "nu_lo", "nu_hi", "r2")},
             }
         for name, flag in (("under", UNDER), ("over", OVER)):
             sel = f.where(f["phase"] == flag)
             for k in ("mu", "S_simple", "S_mu", "S_short", "S_long", "mu_norm"):
                 if k in sel:
-                    row[f"{k}_{name}"] = _number(sel[k].median()) if sel[k].notnull().any() else None
-        row["clipped_fraction_max"] = _number(f["clipped_fraction"].max())
+                    row[f"{k}_{name}"] = json_number(sel[k].median()) if sel[k].notnull().any() else None
+        row["clipped_fraction_max"] = json_number(f["clipped_fraction"].max())
         if "grad_norm_peak" in f:
-            row["grad_norm_max"] = _number(f["grad_norm_peak"].max())
+            row["grad_norm_max"] = json_number(f["grad_norm_peak"].max())
         out[f"d{int(d)}"] = row
     return out

@@ -81,8 +81,8 @@ def fit_exponential(step: np.ndarray, loss: np.ndarray, start: float, floor: flo
 
     The rival of :func:`fit_power_law` on the same window (same bounds on L_inf, fitted in log L):
     a tail that is a power law fits it worse, an exponential approach fits it better. t_0 is the
-    window's start; T is searched from a tenth of the window to ten windows. NaN with fewer than
-    6 finite points.
+    window's start; T starts at 0.1, 0.3, 1 and 3 windows and is bounded to [0.01, 10] windows. NaN
+    with fewer than 6 finite points.
     """
     keep = (step >= start) & np.isfinite(loss) & (loss > 0)
     if int(keep.sum()) < 6:

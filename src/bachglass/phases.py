@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from bachglass.errors import DataError
+from bachglass.fits import json_number
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +198,12 @@ def _with_attrs(ds: xr.Dataset, config: PhasesConfig) -> xr.Dataset:
     return ds
 
 
-def _number(value: float) -> float | None:
-    """Make a JSON-safe float: rounded to 5 significant digits, None for NaN/inf."""
-    value = float(value)
-    return float(f"{value:.5g}") if np.isfinite(value) else None
-
-
 def metrics(phases: xr.Dataset) -> dict:
     """Headline numbers for ``dvc metrics``: the threshold, and per depth the widths of each phase.
 
     One top-level key, ``generalisation_phases``, so that it merges with :func:`bachglass.fits.metrics`.
     """
-    out: dict = {k: _number(phases[k]) for k in ("heldout_threshold", "best_heldout_accuracy")}
+    out: dict = {k: json_number(phases[k]) for k in ("heldout_threshold", "best_heldout_accuracy")}
     phase = phases["generalisation_phase"]
     for d in phase["depth"].values:
         row = phase.sel(depth=d)

@@ -28,6 +28,7 @@ import xarray as xr
 
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError
+from bachglass.fits import json_number
 from bachglass.floor_runs import setting_id
 from bachglass.loss_fits import fit_power_law
 
@@ -140,7 +141,8 @@ def analyse(
     Variables (dims ``setting`` for the floor runs, ``restart`` for the restarts):
     ``sgd_floor_run`` (setting, floor_seed) L_∞ per run; ``sgd_floor_measured`` and its ``_lo``/``_hi``
     bounds (setting); ``sgd_floor_excess`` (over the data floor); ``sgd_floor_kappa`` with
-    ``_lo``/``_hi``; ``restart_floor`` (restart) and ``restart_floor_ratio`` (over the parent's);
+    ``_lo``/``_hi``; ``restart_floor`` (restart), ``restart_floor_run`` (restart, floor_seed: per run)
+    and ``restart_floor_ratio`` (over the parent's);
     ``floor_time`` (setting / restart, floor_seed): first step with loss ≤ floor_factor × the floor;
     ``sgd_floor_run_diverged``, ``restart_diverged``: the runs left out (logged). Medians and the
     bootstrap run over the seeds with a floor.
@@ -237,11 +239,10 @@ def _restart_test(
     flags = [diverged(r, initial.sel(seed=r["seed"]).values.ravel()) for r in restarts]
     _warn_diverged(restarts, flags)
     restarts = [_without(r, f) for r, f in zip(restarts, flags, strict=True)]
+    per_seed = np.array([floor_of(r, config.window_start, data_floor).values for r in restarts])
     with warnings.catch_warnings():  # a restart whose every seed diverged has no floor: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        floors = np.array(
-            [np.nanmedian(floor_of(r, config.window_start, data_floor).values) for r in restarts]
-        )
+        floors = np.nanmedian(per_seed, axis=1)
     times = np.array(
         [
             floor_time(r, floor_factor * f).values + int(r.attrs["restart_step"])
@@ -255,6 +256,11 @@ def _restart_test(
                 "restart",
                 floors,
                 {"long_name": "plateau L_inf after a restart at lr x factor", "units": "nat per note"},
+            ),
+            "restart_floor_run": (
+                ("restart", "seed"),
+                per_seed,
+                {"long_name": "plateau L_inf of each restarted run (NaN: diverged)", "units": "nat per note"},
             ),
             "restart_floor_ratio": (
                 "restart",
@@ -294,21 +300,17 @@ def metrics(floor: xr.Dataset | None) -> dict:
     if floor is None:
         return {}
 
-    def number(value: Any) -> float | None:
-        value = float(value)
-        return float(f"{value:.5g}") if np.isfinite(value) else None
-
     out = {
         "floor": {
-            str(k): number(floor["sgd_floor_measured"].sel(setting=k)) for k in floor["setting"].values
+            str(k): json_number(floor["sgd_floor_measured"].sel(setting=k)) for k in floor["setting"].values
         },
-        "kappa": number(floor["sgd_floor_kappa"]),
-        "kappa_lo": number(floor["sgd_floor_kappa_lo"]),
-        "kappa_hi": number(floor["sgd_floor_kappa_hi"]),
+        "kappa": json_number(floor["sgd_floor_kappa"]),
+        "kappa_lo": json_number(floor["sgd_floor_kappa_lo"]),
+        "kappa_hi": json_number(floor["sgd_floor_kappa_hi"]),
     }
     if "restart_floor_ratio" in floor:
         out["restart_floor_ratio"] = {
-            f"x{float(f):g}": number(floor["restart_floor_ratio"].sel(restart=f))
+            f"x{float(f):g}": json_number(floor["restart_floor_ratio"].sel(restart=f))
             for f in floor["restart"].values
         }
     return {"sgd_floor": out}
