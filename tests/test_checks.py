@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bachglass import checks, legacy_checks
+from bachglass import checks, checks_table, legacy_checks
 from bachglass.fits import OVER, UNDER, UNDETERMINED
 
 DEPTHS, WIDTHS, SEEDS, EPS = [1, 2, 3], [4, 8, 12, 16, 24], [0, 1, 2], [0.3, 0.1, 0.05]
@@ -167,11 +167,11 @@ def test_restart_floors_on_the_fits_lower_bound_are_not_compared():
 
 def test_table_prints_the_numbers_and_the_verdicts_new_and_old():
     ds = fits(tail_fit_rms=0.2)
-    text = checks.table(checks.run_checks(ds))
+    text = checks_table.table(checks.run_checks(ds))
     assert text.count("\n") == 10  # header, rule, 8 checks (7 in two parts)
     assert "**FAIL**" in text and "**PASS**" in text
     assert "w_c*: d1 17.0, d2 15.0, d3 13.0" in text
-    both = checks.table(checks.run_checks(ds), legacy=legacy_checks.run_checks(ds))
+    both = checks_table.table(checks.run_checks(ds), legacy=legacy_checks.run_checks(ds))
     assert both.splitlines()[0].endswith("| old criteria |")
     assert both.splitlines()[2].endswith("**FAIL** | PASS |")  # check 1: new FAIL, old PASS
     assert "Old criteria (before calibration" in both

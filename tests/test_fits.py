@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 from conftest import checkpoint_steps, fits_config, make_trajectory
 
-from bachglass import checks
+from bachglass import checks_table
 from bachglass.fits import (
     ATTRS,
     OVER,
@@ -243,12 +243,12 @@ def test_fit_study_names_the_diverged_run_it_left_out(study, caplog):
     assert result.attrs["excluded_runs"] == "d2_w24_s1 (diverged at step 3000)"
     assert "1 runs diverged and are left out of every fit: d2_w24_s1 (diverged at step 3000)" in caplog.text
     assert metrics(result)["excluded_runs"] == ["d2_w24_s1 (diverged at step 3000)"]
-    assert checks.table([], result.attrs["excluded_runs"]).endswith(
+    assert checks_table.table([], result.attrs["excluded_runs"]).endswith(
         "Left out of every fit (diverged): d2_w24_s1 (diverged at step 3000).\n"
     )
     clean = fit_study(study.assign(diverged=study["diverged"] & False), CONFIG, smoothing_decades=0.1)
     assert clean.attrs["excluded_runs"] == "none" and metrics(clean)["excluded_runs"] == []
-    assert "Left out" not in checks.table([], clean.attrs["excluded_runs"])
+    assert "Left out" not in checks_table.table([], clean.attrs["excluded_runs"])
 
 
 def test_fit_study_phase_is_under_above_twice_the_floor_and_over_at_it(fits):

@@ -18,6 +18,22 @@ if TYPE_CHECKING:
     from bachglass.fits import FitsConfig
 
 
+def _window(
+    step: np.ndarray, loss: np.ndarray, start: float, floor: float
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Return the finite, positive points at ``step >= start`` (None with < 6) and the L_inf floor.
+
+    L_inf lies in [floor, min L]; a loss that reached the floor has the floor itself, just below
+    min L, as its bound.
+    """
+    keep = (step >= start) & np.isfinite(loss) & (loss > 0)
+    if int(keep.sum()) < 6:
+        return None
+    t, y = step[keep].astype(np.float64), loss[keep].astype(np.float64)
+    lowest = float(y.min())
+    return t, y, 0.999999 * lowest if floor >= lowest else floor
+
+
 def fit_power_law(
     step: np.ndarray, loss: np.ndarray, start: float, level: float = 0.95, floor: float = 0.0
 ) -> np.ndarray:
@@ -35,19 +51,17 @@ def fit_power_law(
     standard errors (inf where the fit cannot tell a parameter); late residuals are correlated, so
     the window sensitivity and the seed scatter are reported beside them.
     """
-    keep = (step >= start) & np.isfinite(loss) & (loss > 0)
     out = np.full(7, np.nan)
-    n = int(keep.sum())
-    if n < 6:
+    points = _window(step, loss, start, floor)
+    if points is None:
         return out
-    t, y = step[keep].astype(np.float64), loss[keep].astype(np.float64)
+    t, y, floor = points
+    n = t.size
     x, ln_y, floor_max = t / t[-1], np.log(y), float(y.min())
 
     def residual(p: np.ndarray) -> np.ndarray:
         return np.log(p[0] + p[1] * x ** -p[2]) - ln_y
 
-    if floor >= floor_max:  # the loss reached the data floor: L_inf is the floor itself
-        floor = 0.999999 * floor_max
     lower, upper = [floor, 1e-12, 0.0], [floor_max, np.inf, 10.0]
     best = None
     for alpha0 in (0.1, 0.5, 2.0):
@@ -84,13 +98,12 @@ def fit_exponential(step: np.ndarray, loss: np.ndarray, start: float, floor: flo
     window's start; T starts at 0.1, 0.3, 1 and 3 windows and is bounded to [0.01, 10] windows. NaN
     with fewer than 6 finite points.
     """
-    keep = (step >= start) & np.isfinite(loss) & (loss > 0)
-    if int(keep.sum()) < 6:
+    points = _window(step, loss, start, floor)
+    if points is None:
         return np.nan
-    t, y = step[keep].astype(np.float64), loss[keep].astype(np.float64)
+    t, y, floor = points
     span = max(t[-1] - t[0], 1.0)
     x, ln_y, floor_max = (t - t[0]) / span, np.log(y), float(y.min())
-    floor = min(floor, 0.999999 * floor_max)
 
     def residual(p: np.ndarray) -> np.ndarray:
         return np.log(p[0] + p[1] * np.exp(-x / p[2])) - ln_y

@@ -61,7 +61,7 @@ rule check_science:
     """The paper's qualitative claims (docs/science.md §6, checks 1-7) judged on the fits: PASS or FAIL."""
     input:
         fits=upstream(rules.fit_study.output.fits),
-        code=code("checks", "legacy_checks", "critical", "exponent", "fits", "loss_fits"),
+        code=code("checks", "checks_table", "legacy_checks", "critical", "exponent", "fits", "loss_fits"),
     output:
         table=report("results/science_checks.md", caption="../report/science_checks.rst", category="Checks"),
     log:
