@@ -1,8 +1,8 @@
 """Training throughput: plain per-model nn.RNN loop vs the project's trainer vs the batched ensemble.
 
 Model-steps/s (SGD steps times models, per second) of one SGD step on the synthetic data of the
-benchmark model of README "Training speed" (4 voices, vocab sizes 26/21/21/26 with the rest token,
-T = 128, minibatches of ``--batch`` drawn from ``--chorales`` chorales): every implementation
+benchmark model of docs/development.md "Training speed" (4 voices, vocab sizes 26/21/21/26 with the rest
+token, T = 128, minibatches of ``--batch`` drawn from ``--chorales`` chorales): every implementation
 trains its models with its own minibatch order, plain SGD, gradient-norm clip 1. They run side by
 side in one process, in interleaved rounds, and each cell is the median of the rounds, so that a
 neighbour's load hits them all alike. Ratios are to the plain loop.
@@ -10,8 +10,8 @@ neighbour's load hits them all alike. Ratios are to the plain loop.
 * ``plain``: for each model in turn, ``torch.nn.RNN`` + ``nn.Linear`` readout, autograd,
   ``clip_grad_norm_`` and ``torch.optim.SGD`` (what a physicist writes first).
 * ``trainer S=1``: the project's trainer (``sgd.Ensemble`` of one run: the manual-BPTT engine,
-  clipping and divergence checks, as ``snakemake`` runs it with ``train.pack: 1``).
-* ``ensemble S=k``: k runs of the same (d, w) as one batched model (``train.pack: k``).
+  clipping and divergence checks, as ``snakemake`` runs a seed pack of one seed).
+* ``ensemble S=k``: k runs of the same (d, w) as one batched model (a seed pack of k seeds).
 
 GFLOP/s counts the useful arithmetic of that model: forward 2·T·B·(2·I·w + (2d − 1)·w²),
 a step 3× that; the peak is a measured float32 2048² matmul on the same threads.
@@ -91,7 +91,6 @@ class Packed:
             resume_every=10**9,
             dtype="float32",
             device=str(data.x.device.type),
-            pack=size,
         )
         specs = model.param_specs("rnn_tanh", depth, width, VOCAB)
         thetas = torch.stack(

@@ -1,7 +1,7 @@
 """Does per-net gradient clipping move w_c and nu? Train one depth's width ladder at several clip norms.
 
-Plain SGD (no clip) blows up at every lr fast enough for a laptop study (see the README), so the
-control varies the clip norm around the default instead: if w_c(ε) and nu stay put while the
+For the clipped-GD variant (configs/clipped_gd.yaml; the default study is plain SGD, unclipped), the
+control varies the clip norm around that study's instead: if w_c(ε) and nu stay put while the
 clipped fraction of steps changes several-fold, clipping does not set them. Uses the pipeline's
 own params.yaml (train, observables, fits) and results/data/encoded.nc; each run is cached.
 
@@ -19,6 +19,7 @@ import xarray as xr
 import yaml
 
 from bachglass import fits, io, observables, sgd, train
+from bachglass.params import seeds_of
 
 OUT = Path("results/experiments/clip_control")
 
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     params = yaml.safe_load(Path("params.yaml").read_text())
-    widths, seeds = args.widths or params["grid"]["width"], args.seeds or params["grid"]["seed"]
+    widths, seeds = args.widths or params["grid"]["width"], args.seeds or seeds_of(params["grid"]["seed"])
     jobs = [(params, args.depth, w, s, c) for c in args.clip for w in widths for s in seeds]
     with Pool(args.jobs) as pool:
         paths = pool.map(run_one, jobs, chunksize=1)

@@ -1,4 +1,4 @@
-"""The batched ensemble: each member trains as plain per-model SGD of its seed would; packs, cache."""
+"""The batched ensemble: each member trains as plain per-model SGD of its seed would; pack files."""
 
 import contextlib
 import signal
@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import Interrupted, die_at_save, make_encoded, train_config
 
-from bachglass import ensemble, model, train
+from bachglass import ensemble, io, model, train, trajectory
+from bachglass.errors import DataError
 
 torch.set_num_threads(1)
 
@@ -227,36 +228,26 @@ def test_a_cohort_saved_apart_rejoins_inside_a_job_that_trains_several_cohorts(
     assert_bitwise(train.train_runs(encoded, 1, 6, [0, 1, 2], cfg, paths, progress=False), uninterrupted)
 
 
-def test_under_dvc_a_pack_is_trained_once_and_taken_from_the_cache(encoded, tmp_path):
-    runs = [tmp_path / f"runs/d1_w4_s{s}/trajectory.nc" for s in (0, 1)]
-    cache = tmp_path / "cache"
-    cfg = config(steps=40, pack=2)  # resume_every 15: checkpoints are written, then removed
-    # the job of run 0 trains the pack, writes its own run and leaves run 1 in the cache
-    assert not train.train_pack(encoded, 1, 4, [0, 1], cfg, runs, [runs[0]], cache)
-    assert runs[0].exists() and not runs[1].exists()
-    assert [p.name.split(".")[0] for p in cache.iterdir()] == ["runs-d1_w4_s1"]
+def test_a_pack_is_one_file_along_seed_that_comes_apart_into_its_runs(encoded, tmp_path):
+    """train_pack writes the runs of train_runs into one file; trajectory.runs gives each back, with the
+    attributes a run of its own carries; the checkpoints beside the file are gone once it is written."""
+    output = tmp_path / "runs/d1_w4_s0-1/trajectory.nc"
+    cfg = config(steps=40)  # resume_every 15: checkpoints are written, then removed
+    train.train_pack(encoded, 1, 4, [0, 1], cfg, output)
     assert not list(tmp_path.rglob("*.ckpt.pt"))
-    # the job of run 1 takes it from there: the bytes of training both together, without training
-    assert train.train_pack(encoded, 1, 4, [0, 1], cfg, runs, [runs[1]], cache)
-    assert not list(cache.iterdir())
-    together = [tmp_path / f"both/s{s}.nc" for s in (0, 1)]
-    train.train_pack(encoded, 1, 4, [0, 1], cfg, together, together, None)
-    assert [p.read_bytes() for p in runs] == [p.read_bytes() for p in together]
+    packed = io.read_netcdf(output)
+    assert packed["loss"].dims == ("depth", "width", "seed", "time") and list(packed["seed"].values) == [0, 1]
+    expected = train.train_runs(encoded, 1, 4, [0, 1], cfg, progress=False)
+    for run, alone in zip(trajectory.runs(packed), expected, strict=True):
+        for name in trajectory.VARIABLES:
+            np.testing.assert_array_equal(run[name].values, alone[name].values)
+        for name in ("status", "diverged_step", "ensemble_size", "cell", "lr", "data_floor"):
+            assert run.attrs[name] == alone.attrs[name], name
+        assert "status" not in run.data_vars
 
 
-def test_the_cache_never_serves_a_file_of_other_params_or_another_pack(encoded, tmp_path):
-    runs = [tmp_path / f"runs/d1_w4_s{s}/trajectory.nc" for s in (0, 1, 2)]
-    cache = tmp_path / "cache"
-    train.train_pack(encoded, 1, 4, [0, 1], config(steps=10, pack=2), runs[:2], [runs[0]], cache)
-    # other lr: trained anew, and the stale entry of run 1 is replaced
-    assert not train.train_pack(
-        encoded, 1, 4, [0, 1], config(steps=10, pack=2, lr=0.1), runs[:2], [runs[0]], cache
-    )
-    assert len(list(cache.iterdir())) == 1
-    # run 1 in another pack (round-off differs) or with another pack size (params differ): not served
-    assert not train.train_pack(
-        encoded, 1, 4, [1, 2], config(steps=10, pack=2, lr=0.1), runs[1:], [runs[1]], cache
-    )
-    assert not train.train_pack(
-        encoded, 1, 4, [0, 1], config(steps=10, pack=3, lr=0.1), runs[:2], [runs[1]], cache
-    )
+def test_a_pack_without_its_per_run_variables_is_refused(encoded, tmp_path):
+    runs = train.train_runs(encoded, 1, 4, [0], config(steps=10), progress=False)
+    packed = trajectory.pack(runs, {}).drop_vars("status")
+    with pytest.raises(DataError, match="no variable status"):
+        trajectory.runs(packed)

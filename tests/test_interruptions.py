@@ -19,8 +19,7 @@ from workflow_helpers import copy_project, env, run, wait_for
 from bachglass import io
 
 pytestmark = pytest.mark.slow
-AGING = "results/aging/d1_w8_s{}"  # the tiny study's longest training: the aging pack, 600 steps
-PACK_RULE = "train_aging_run_s0_1"
+AGING = "results/aging/d1_w8_s0-1"  # the tiny study's longest training: the aging pack, 600 steps
 
 
 def start(cmd: list[str], repo: Path) -> subprocess.Popen[str]:
@@ -46,8 +45,8 @@ def test_a_study_killed_while_training_resumes_and_ends_byte_identical(tiny_stud
     """The study's first run stopped twice mid-training, whole process group: a job cancelled (SIGTERM,
     also what SLURM sends at preemption or the time limit), then a node lost (SIGKILL)."""
     repo = copy_project(tmp_path)
-    log = repo / "results/logs/train_aging_run/d1_w8_s0_1.log"
-    checkpoint = repo / AGING.format(0) / "trajectory.ckpt.pt"
+    log = repo / "results/logs/train_aging_pack/d1_w8_s0-1.log"
+    checkpoint = repo / AGING / "trajectory.s0.ckpt.pt"
     kill_when(repo, checkpoint.exists, signal.SIGTERM)
     saved = torch.load(checkpoint, weights_only=True)["counters"][0]
     assert (
@@ -73,7 +72,7 @@ def test_a_study_killed_while_training_resumes_and_ends_byte_identical(tiny_stud
 def test_a_second_snakemake_on_the_same_results_is_refused_while_the_first_runs(tiny_study, tmp_path):
     repo = shutil.copytree(tiny_study, tmp_path / "repo", symlinks=True)
     uninterrupted = results(repo)
-    first = start(["snakemake", "--cores", "1", "--forcerun", PACK_RULE], repo)
+    first = start(["snakemake", "--cores", "1", "--forcerun", "train_aging_pack"], repo)
     locks = repo / ".snakemake/locks"
     wait_for(
         "the first snakemake's lock", lambda: locks.is_dir() and any(locks.iterdir()), first, interval=0.002
@@ -91,15 +90,17 @@ def test_two_dvc_repro_on_the_same_repo_refuse_shared_stages_and_agree_on_the_re
     repo = shutil.copytree(tiny_study, tmp_path / "repo", symlinks=True)
     run(["dvc", "commit", "--force", "--quiet"], repo)  # the snakemake-built study, recorded
     uninterrupted = results(repo)
-    first = start(["dvc", "repro", "--force", "--single-item", "train@2-8-0", "observables@2-8-0"], repo)
+    first = start(
+        ["dvc", "repro", "--force", "--single-item", "train_pack@2-8-0", "extract_observables@2-8-0"], repo
+    )
     trajectory = "results/runs/d2_w8_s0/trajectory.nc"
     wait_for(
         "the first repro to start that stage", lambda: not (repo / trajectory).exists(), first, interval=0.002
     )
-    same = run(["dvc", "repro", "--force", "--single-item", "train@2-8-0"], repo, check=False)
+    same = run(["dvc", "repro", "--force", "--single-item", "train_pack@2-8-0"], repo, check=False)
     assert same.returncode != 0
     assert f"{trajectory}' is busy, it is being blocked by" in same.stderr, same.stderr
-    other = run(["dvc", "repro", "--force", "--single-item", "train@1-2-0"], repo, check=False)
+    other = run(["dvc", "repro", "--force", "--single-item", "train_pack@1-2-0"], repo, check=False)
     err = first.communicate()[1]
     assert first.returncode == 0, err[-2000:]
     assert other.returncode == 0, other.stderr[-2000:]

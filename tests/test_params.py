@@ -6,7 +6,7 @@ import yaml
 from workflow_helpers import ROOT, TINY
 
 from bachglass.errors import ParamsError
-from bachglass.params import deep_merge, load_params, validate_params
+from bachglass.params import deep_merge, load_params, pack_seeds, seeds_of, validate_params
 
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
 
@@ -103,3 +103,26 @@ def test_deep_merge_replaces_lists_and_merges_mappings():
     assert merged == {"a": {"b": 1, "c": [3]}, "d": 0}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 0}
     assert deep_merge(copy.deepcopy(base), {}) == base
+
+
+def test_seed_packs_are_single_seeds_or_ranges():
+    assert pack_seeds(5) == [5] and pack_seeds("0-2") == [0, 1, 2] and pack_seeds("3-4") == [3, 4]
+    assert seeds_of([0, "1-3", 7]) == [0, 1, 2, 3, 7]
+    for bad in ("2-2", "3-1", "0-2-4", "x"):
+        with pytest.raises(ParamsError, match=re.escape(f"seed pack '{bad}'")):
+            pack_seeds(bad)
+
+
+@pytest.mark.parametrize(
+    ("section", "packs", "message"),
+    [
+        ("grid", ["0-2", "2-3"], "grid.seed: seeds [2] are in more than one pack"),
+        ("aging", [1, "0-1"], "aging.seed: seeds [1] are in more than one pack"),
+        ("langevin", ["2-0"], "langevin.seed: seed pack '2-0': write one seed (5) or a range"),
+        ("grid", ["0..2"], "grid.seed.0: '0..2' is not valid under any of the given schemas"),
+    ],
+)
+def test_overlapping_or_malformed_seed_packs_are_reported_with_their_key(params, section, packs, message):
+    params[section]["seed"] = packs
+    with pytest.raises(ParamsError, match=re.escape(f"params.yaml: {message}")):
+        validate_params(params, SCHEMA)

@@ -8,6 +8,7 @@ from conftest import make_encoded, train_config
 
 from bachglass import io, model, probes, train
 from bachglass.errors import DataError
+from bachglass.trajectory import checkpoint_steps
 
 torch.set_num_threads(1)
 
@@ -132,7 +133,7 @@ def test_batched_sharpness_equals_one_checkpoint_at_a_time():
 
 
 def test_sharpness_steps_are_log_spaced_with_the_first_and_last_checkpoint():
-    grid = train.checkpoint_steps(40000, 25)
+    grid = checkpoint_steps(40000, 25)
     steps = probes.sharpness_steps(grid, 3)
     assert {0, 1, 10, 100, 1000, 10000, 40000} <= set(steps.tolist())
     assert len(steps) == 16 and np.all(np.isin(steps, grid)) and np.all(np.diff(steps) > 0)

@@ -29,7 +29,7 @@ class Remote:
         self.kind, self.where = kind, where
         if kind == "local":
             self.url = str(where)
-        else:  # (dvc-ssh checks no host key: sshfs passes known_hosts=None to asyncssh; see the README)
+        else:  # (dvc-ssh checks no host key: sshfs passes known_hosts=None to asyncssh; docs/dvc.md)
             host, user = os.environ["BACHGLASS_SSH_HOST"], os.environ["BACHGLASS_SSH_USER"]
             self.url = f"ssh://{user}@{host}:{SSH}{where}"
 
@@ -75,9 +75,10 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     remote.dvc(["pull", "--quiet"], clone)
     assert run(["dvc", "status", "--quiet"], clone, check=False).returncode == 0
     tracked = sorted(p.relative_to(origin) for p in (origin / "results").rglob("*.nc"))
-    # encoded; trajectory, observables per run (grid, aging, Langevin); study, aging, langevin, fits;
-    # stability scan cells (1 width x 2 batch sizes) and stability.nc; floor runs (2 settings, 1 restart)
-    assert len(tracked) == 1 + 2 * (4 + 2 + 2) + 4 + (2 + 1) + 3
+    # encoded; trajectory, observables per seed pack (grid 4, aging 1, Langevin 2); study, aging,
+    # langevin, fits; stability scan cells (1 width x 2 batch sizes) and stability.nc; floor runs (2
+    # settings, 1 restart)
+    assert len(tracked) == 1 + 2 * (4 + 1 + 2) + 4 + (2 + 1) + 3
     for rel in tracked:
         assert (clone / rel).read_bytes() == (origin / rel).read_bytes(), rel
 
@@ -86,7 +87,7 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
     assert stale == TINY_TRAIN_STAGES, stale  # DVC lists the stages whose own params changed
     ran = re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], clone).stdout)
     assert sorted({s.split("@")[0] for s in ran}) == sorted(
-        [*DOWNSTREAM_OF_TRAIN, "train", "train_aging", "train_langevin"]
+        [*DOWNSTREAM_OF_TRAIN, "train_aging_pack", "train_langevin_pack", "train_pack"]
     )
     assert {s for s in ran if s.startswith("train")} == TINY_TRAIN_STAGES
     # no upstream job ran inside a stage's Snakemake call, whatever the mtimes after the pull
@@ -101,10 +102,9 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
         "fit_study.log",
         "plot_figures.log",
         "propose_widths.log",
-        "train_aging_run",
-        "train_langevin_run_T0p001",
-        "train_langevin_run_T0p1",
-        "train_run",
+        "train_aging_pack",
+        "train_langevin_pack",
+        "train_pack",
     ]
     # the stale-result trap (a wrapped Snakemake keeping pulled results under a new lr): every result is new
     for rel in tracked:
@@ -120,7 +120,7 @@ def test_results_pushed_after_a_snakemake_run_are_current_in_a_clone(tiny_study,
 
 
 def test_one_run_is_pulled_alone(tiny_study, tmp_path, remote):
-    """`dvc pull train@1-8-0` in a fresh clone fetches that run's trajectory and nothing else."""
+    """`dvc pull train_pack@1-8-0` in a fresh clone fetches that pack's trajectory and nothing else."""
     origin = tmp_path / "origin"
     shutil.copytree(tiny_study, origin)
     remote.add(origin)
@@ -131,7 +131,7 @@ def test_one_run_is_pulled_alone(tiny_study, tmp_path, remote):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
     remote.configure(clone)
-    remote.dvc(["pull", "--quiet", "train@1-8-0"], clone)
+    remote.dvc(["pull", "--quiet", "train_pack@1-8-0"], clone)
     pulled = sorted(str(p.relative_to(clone)) for p in (clone / "results").rglob("*") if p.is_file())
     pulled.remove("results/.gitkeep")  # in git
     assert pulled == ["results/runs/d1_w8_s0/trajectory.nc"]

@@ -60,9 +60,9 @@ def assert_crash_left_nothing_broken(run_dir: Path) -> list[int]:
     for path in train_faults.runs(run_dir):
         if path.exists():
             io.read_netcdf(path, required=sgd.RECORDS)  # a DataError if truncated
-        checkpoint = io.checkpoint_path(path)
-        if checkpoint.exists():
-            steps.append(torch.load(checkpoint, weights_only=True)["counters"][0])
+        for checkpoint in io.checkpoint_paths(path, train_faults.SEEDS):
+            if checkpoint.exists():
+                steps.append(torch.load(checkpoint, weights_only=True)["counters"][0])
     return steps
 
 
@@ -86,8 +86,8 @@ KILLS = [
     ("save", 5, [14, 14], 14),  # the 3rd save (step 21): run 0's file half-written; both stay at 14
     ("between", 2, [7], None),  # run 0 saved at step 7, run 1 not yet: run 0 starts over with it
     ("between", 6, [21, 14], 14),  # run 0 saved at step 21, run 1 not: run 0 steps back to 14
-    ("netcdf", 1, [56, 56], 56),  # run 0's trajectory half-written at the end
-    ("written", 1, [56, 56], 56),  # run 0's trajectory in place, run 1's not, checkpoints kept
+    ("netcdf", 1, [56, 56], 56),  # the pack's trajectory half-written at the end
+    ("written", 1, [56, 56], 56),  # the trajectory in place, the checkpoints not yet removed
 ]
 
 

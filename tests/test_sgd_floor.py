@@ -54,7 +54,7 @@ def test_floor_runs_are_the_study_trainer_unclipped_along_seed(encoded):
     assert runs["loss"].dims[:1] == ("seed",) and runs["seed"].values.tolist() == [0, 1]
     assert runs.attrs["lr"] == 0.2 and runs.attrs["batch_size"] == 2 and runs.attrs["clip_norm"] == "none"
     # the same run as the trainer gives on its own (pack of the two seeds)
-    cfg = sgd.TrainConfig(**TRAIN, lr=0.2, batch_size=2, steps=200, clip_norm=None, pack=2)
+    cfg = sgd.TrainConfig(**TRAIN, lr=0.2, batch_size=2, steps=200, clip_norm=None)
     alone = train.train_runs(encoded, 1, 6, [0, 1], cfg)[1]
     np.testing.assert_array_equal(runs["loss"].sel(seed=1).values.ravel(), alone["loss"].values.ravel())
     assert setting_id(0.2, 2) == "lr0.2_B2"

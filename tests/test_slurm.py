@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import xarray as xr
 import yaml
 from workflow_helpers import NO_LANGEVIN, ROOT, copy_project, edit_params, env, run, wait_for
 
@@ -28,9 +29,9 @@ NO_SLURM = os.environ.get(
 TEST_DEFAULTS = {"slurm_partition": "debug", "slurm_account": "ci", "mem_mb": 1000, "runtime": 10}
 # distinct per family, so that sacct shows each family's settings reached its own jobs
 TEST_SIZES = {
-    "train_run": {"mem_mb": 1100, "runtime": 7},
-    "train_aging_run": {"mem_mb": 1200, "runtime": 9},
-    "train_langevin_run": {"mem_mb": 1300, "runtime": 8},
+    "train_pack": {"mem_mb": 1100, "runtime": 7},
+    "train_aging_pack": {"mem_mb": 1200, "runtime": 9},
+    "train_langevin_pack": {"mem_mb": 1300, "runtime": 8},
     "train_floor": {"mem_mb": 1400, "runtime": 6},
     "restart_floor": {"mem_mb": 1500, "runtime": 5},
 }
@@ -46,44 +47,24 @@ def test_the_no_accounting_profile_is_the_slurm_profile_polled_with_squeue():
 
 
 def test_the_slurm_profile_gives_every_training_job_a_gpu(tmp_path):
-    """Per-pack training rules (train_run_s0_1_2, ...) take the profile's settings for their family."""
+    """The profile names the training rules themselves; every training job gets their GPU and sizes."""
     repo = copy_project(tmp_path)
     out = run(["snakemake", "-n", "--profile", "slurm", "--forceall"], repo).stdout
     jobs = re.findall(r"^rule (\w+):\n(?:\s+.*\n)*?\s+resources: (.*)$", out, re.M)
     trained = {rule for rule, _ in jobs if rule.startswith("train") or rule == "restart_floor"}
-    # tiny: one seed; the aging pair is one pack; one Langevin rule per temperature; the floor runs
-    langevin = {"train_langevin_run_T0p001_s0", "train_langevin_run_T0p1_s0"}
-    assert trained == {"train_run_s0", "train_aging_run_s0_1", *langevin, "train_floor", "restart_floor"}
+    assert trained == set(profile("slurm")["set-resources"]) == set(TEST_SIZES)
     for rule, resources in jobs:
         res = dict(item.split("=", 1) for item in resources.split(", "))
-        family = gpu_family(rule)
-        if family:
-            wanted = profile("slurm")["set-resources"][family]
+        if rule in trained:
+            wanted = profile("slurm")["set-resources"][rule]
             assert res["gpu"] == "1" and res["slurm_partition"] == wanted["slurm_partition"], rule
             assert res["runtime"] == str(wanted["runtime"]), rule
         else:
             assert "gpu" not in res, rule
 
 
-def gpu_family(rule: str) -> str | None:
-    """The profile family of a training rule (train_run_s0_1_2 -> train_run), None for other rules."""
-    if rule in ("train_floor", "restart_floor"):
-        return rule
-    return re.sub(r"_T\w+$", "", rule.rsplit("_s", 1)[0]) if rule.startswith("train_") else None
-
-
-def test_settings_for_one_pack_add_to_its_familys(tmp_path):
-    repo = copy_project(tmp_path)
-    config = profile("slurm")
-    config["set-resources"]["train_run_s0"] = {"runtime": 99}
-    (repo / "slurm/config.yaml").write_text(yaml.safe_dump(config))
-    out = run(["snakemake", "-n", "--profile", "slurm", "--forceall"], repo).stdout
-    resources = re.findall(r"^rule train_run_s0:\n(?:\s+.*\n)*?\s+resources: (.*)$", out, re.M)
-    assert len(resources) == 4 and all("runtime=99" in r and "gpu=1" in r for r in resources), resources
-
-
 def site_profile(repo: Path, name: str) -> None:
-    """Adapt the copy's profile `name` to the test cluster, as the README tells a user to."""
+    """Adapt the copy's profile `name` to the test cluster, as docs/slurm.md tells a user to."""
     path = repo / name / "config.yaml"
     config = yaml.safe_load(path.read_text())
     config["default-resources"] |= TEST_DEFAULTS
@@ -146,9 +127,10 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     repo, log = cluster_study
     jobs = slurm_jobs(repo)
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
-    # every job but `all` and publish_data (the Langevin sweep: 2 training, 2 extraction, 1 combine; the
-    # stability scan: 2 cells, 1 combine; the floor: 2 settings, 1 restart)
-    assert sorted(jobs) == sorted(submitted) and len(jobs) == 30
+    # every job but `all` and publish_data (the grid: 4 packs trained and extracted, 1 combine; aging: 1
+    # pack, 1 combine; the Langevin sweep: 2 packs, 1 combine; the stability scan: 2 cells, 1 combine; the
+    # floor: 2 settings, 1 restart; get_chorales, encode_chorales, fit, check, figures, widths)
+    assert sorted(jobs) == sorted(submitted) and len(jobs) == 9 + 3 + 5 + 3 + 3 + 6
     records = accounting(list(jobs))
     assert {r["State"] for r in records.values()} == {"COMPLETED"}, records
     # every result file was written by exactly one SLURM job (the job id is kept out of the NetCDF attrs,
@@ -157,7 +139,7 @@ def test_every_job_of_the_study_ran_inside_slurm(cluster_study):
     # a data step's job writes to a staging folder; publish_data (a localrule) moves the files into place
     made_by = [re.sub(r"^results/data/\.staging/[^/]+/", "results/data/", path) for path in made_by]
     results = sorted(str(p.relative_to(repo)) for p in (repo / "results").rglob("*.nc"))
-    assert len(results) == 27 and all(made_by.count(path) == 1 for path in results), (results, made_by)
+    assert len(results) == 25 and all(made_by.count(path) == 1 for path in results), (results, made_by)
     fields = "JobID:6,Comment:44,State:11,TimeUsed:8,NodeList:6,tres-alloc:50"
     pretty = subprocess.run(["squeue", "-t", "all", "-O", fields], capture_output=True, text=True).stdout
     print(pretty)  # the evidence, for the record (pytest -s)
@@ -169,16 +151,15 @@ def test_training_jobs_got_their_gpu_and_sizes_from_the_profile(cluster_study):
     repo, _ = cluster_study
     jobs = slurm_jobs(repo)
     records = accounting(list(jobs))
-    training = {job_id: job["rule"] for job_id, job in jobs.items() if gpu_family(job["rule"])}
-    langevin = ["train_langevin_run_T0p001_s0", "train_langevin_run_T0p1_s0"]
+    training = {job_id: job["rule"] for job_id, job in jobs.items() if job["rule"] in TEST_SIZES}
     floor = ["train_floor", "train_floor", "restart_floor"]
     assert sorted(training.values()) == sorted(
-        ["train_aging_run_s0_1", *langevin, *["train_run_s0"] * 4, *floor]
+        ["train_aging_pack", *["train_langevin_pack"] * 2, *["train_pack"] * 4, *floor]
     )
     for job_id, record in records.items():
         assert ("gres/gpu=1" in record["AllocTRES"]) == (job_id in training), record
     for job_id, rule in training.items():
-        sizes = TEST_SIZES[gpu_family(rule)]
+        sizes = TEST_SIZES[rule]
         assert records[job_id]["ReqMem"] == f"{sizes['mem_mb']}M", (rule, records[job_id])
         assert records[job_id]["Timelimit"] == f"00:{sizes['runtime']:02d}:00", (rule, records[job_id])
 
@@ -188,7 +169,7 @@ def test_training_jobs_got_their_gpu_and_sizes_from_the_profile(cluster_study):
 def test_cluster_results_equal_a_local_runs(cluster_study, tiny_study):
     repo, _ = cluster_study
     results = sorted(p.relative_to(tiny_study) for p in (tiny_study / "results").rglob("*.nc"))
-    assert len(results) == 27
+    assert len(results) == 25
     for rel in results:
         assert (repo / rel).read_bytes() == (tiny_study / rel).read_bytes(), rel
 
@@ -200,8 +181,42 @@ def test_dvc_commit_records_the_cluster_run(cluster_study, tmp_path):
     run(["dvc", "commit", "--force", "--quiet"], repo)
     assert run(["dvc", "status", "--quiet"], repo, check=False).returncode == 0
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert {"train@1-8-0", "train_aging@1-8-1", "figures"} <= set(lock["stages"])
+    assert {"train_pack@1-8-0", "train_aging_pack@1-8-0-1", "plot_figures"} <= set(lock["stages"])
     assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout
+
+
+@live
+@pytest.mark.slow
+def test_dvc_repro_with_the_slurm_profile_trains_through_sbatch_and_only_what_an_edit_touches(
+    cluster_study, tmp_path
+):
+    """After a train.lr edit, `SNAKEMAKE_PROFILE=slurm dvc repro` (docs/dvc.md): each stale stage's
+    Snakemake submits its job to SLURM, a training job with its GPU; stages the edit does not touch stay."""
+    repo = shutil.copytree(cluster_study[0], tmp_path / "repo", symlinks=True)
+    run(["dvc", "commit", "--force", "--quiet"], repo)
+    edit_params(repo, {"train": {"lr": 0.07}})
+    cmd = ["timeout", "--foreground", "-k", "30", "600", "dvc", "repro", "combine_study"]
+    proc = subprocess.run(
+        cmd, cwd=repo, env=env() | {"SNAKEMAKE_PROFILE": "slurm"}, capture_output=True, text=True
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    ran = re.findall(r"Running stage '([^']+)'", out)
+    trained = [f"train_pack@{d}-{w}-0" for d in (1, 2) for w in (2, 8)]
+    extracted = [f"extract_observables@{d}-{w}-0" for d in (1, 2) for w in (2, 8)]
+    assert sorted(ran) == sorted([*trained, *extracted, "combine_study"]), ran
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", out)
+    assert len(submitted) == len(ran), out  # one SLURM job per stage: nothing ran on the login node
+    records = accounting(submitted)
+    assert sum("gres/gpu=1" in r["AllocTRES"] for r in records.values()) == 4, records  # the training
+    assert {r["State"] for r in records.values()} == {"COMPLETED"}, records
+    for path in (repo / "results/runs").glob("*/trajectory.nc"):
+        with xr.open_dataset(path) as ds:
+            assert ds.attrs["lr"] == 0.07, path
+    # DVC lists the stages whose own deps changed: what the edit touched beyond this target (the aging
+    # and Langevin training; fits and figures of the new study.nc), never the floor or the stability scan
+    stale = {stage.split("@")[0] for stage in json.loads(run(["dvc", "status", "--json"], repo).stdout)}
+    assert stale == {"train_aging_pack", "train_langevin_pack", "fit_study", "plot_figures"}, stale
 
 
 @pytest.fixture
@@ -274,8 +289,8 @@ def test_a_preempted_training_job_is_requeued_and_resumes(tmp_path, name):
     run(["snakemake", "results/data/encoded.nc", "--cores", "1"], repo)  # only the training goes to SLURM
     reference = shutil.copytree(repo, tmp_path / "reference", symlinks=True)
     target = f"{LONG_RUN}/trajectory.nc"
-    checkpoint = repo / LONG_RUN / "trajectory.ckpt.pt"
-    rule_log = repo / "results/logs/train_run/d2_w8_s0.log"
+    checkpoint = repo / LONG_RUN / "trajectory.s0.ckpt.pt"
+    rule_log = repo / "results/logs/train_pack/d2_w8_s0.log"
     out, local_out = tmp_path / "cluster.out", tmp_path / "local.out"
     procs: list[subprocess.Popen] = []
     job_id = ""
@@ -339,7 +354,7 @@ def test_a_preempted_training_job_is_requeued_and_resumes(tmp_path, name):
     assert states == ["REQUEUED", "REQUEUED", "COMPLETED"], states
     # SLURM's log of the job holds all three attempts (the profile's --open-mode=append): each stop and
     # the resume after it, at the same step
-    slurm_log = (repo / f"results/logs/slurm/rule_train_run_s0/2_8/{job_id}.log").read_text()
+    slurm_log = (repo / f"results/logs/slurm/rule_train_pack/2_8_0/{job_id}.log").read_text()
     requeued = re.findall(rf"\*\*\* JOB {job_id} ON \S+ CANCELLED AT \S+ DUE TO JOB REQUEUE", slurm_log)
     stops = re.findall(r"SIGTERM at step (\d+)\b.*resumable state saved", slurm_log)
     resumes = re.findall(r"resuming at step (\d+)", slurm_log)

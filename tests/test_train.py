@@ -8,7 +8,7 @@ from conftest import Interrupted, make_encoded, train_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachglass import io, model, resume, train
+from bachglass import io, model, resume, train, trajectory
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -30,7 +30,7 @@ def run(encoded, width=8, depth=2, seed=0, checkpoint=None, **changes):
 
 
 def test_checkpoint_steps_are_log_spaced_from_zero_to_the_end():
-    steps = train.checkpoint_steps(20000, 25)
+    steps = trajectory.checkpoint_steps(20000, 25)
     assert steps.dtype == np.int64
     assert steps[0] == 0 and steps[-1] == 20000
     assert np.all(np.diff(steps) > 0)
@@ -43,7 +43,7 @@ def test_checkpoint_steps_are_log_spaced_from_zero_to_the_end():
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 10**6), st.integers(1, 60))
 def test_checkpoint_steps_grid_properties(steps, per_decade):
-    grid = train.checkpoint_steps(steps, per_decade)
+    grid = trajectory.checkpoint_steps(steps, per_decade)
     assert grid[0] == 0 and grid[-1] == steps
     assert np.all(np.diff(grid) > 0)
     late = grid[grid >= 100 * per_decade]  # where rounding no longer merges points
@@ -58,7 +58,7 @@ def test_checkpoint_steps_grid_properties(steps, per_decade):
 
 def test_trajectory_has_the_contract_layout(encoded):
     ds = run(encoded, width=8, depth=2, seed=3)
-    grid = train.checkpoint_steps(60, 10)
+    grid = trajectory.checkpoint_steps(60, 10)
     n_params = model.n_parameters("rnn_tanh", 2, 8, VOCAB)
     assert dict(ds.sizes) == {"depth": 1, "width": 1, "seed": 1, "time": grid.size, "param": n_params}
     assert ds.theta.dims == ("depth", "width", "seed", "time", "param")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from workflow_helpers import ROOT, TINY_TRAIN_STAGES, copy_project, edit_params, run
+from workflow_helpers import ROOT, TINY_TRAIN_STAGES, copy_project, edit_params, git_commit, run
 
 from bachglass import adaptive, figures, floor_runs
 
@@ -67,13 +67,16 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
     stages, jobs = dvc_stages(repo), snakemake_jobs(repo)
     rule_of_target = {}
     for name, stage in stages.items():
-        targets = stage["cmd"].split()[1 : stage["cmd"].split().index("--cores")]
+        words = stage["cmd"].split()
+        targets = words[1 : next(i for i, w in enumerate(words) if w.startswith("--"))]
         built = set()
         for target in targets:
             # a target is a file or a rule name; a rule name builds all that rule's files
             built |= {f for f, j in jobs.items() if target in (f, j["rule"])}
         covered = {f for f in jobs if any(f == o or f.startswith(o + "/") for o in stage["outs"])}
         assert built == covered, f"{name}: targets build {built}, outs cover {covered}"
+        # a stage is named after the rule that makes its outs
+        assert {jobs[f]["rule"] for f in built} == {name.split("@")[0]}, name
         for f in built:
             rule_of_target[f] = name
             # a combine stage depends on its runs' folder (results/runs, results/aging, ...) as a whole
@@ -92,17 +95,17 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
 def test_dvc_params_sections_match_the_rules_params(tmp_path):
     repo = copy_project(tmp_path)
     expected = {
-        "data": {"data", "encoding"},
-        "train": {"train"},
-        "observables": {"observables", "probes"},
-        "study": {"grid"},
-        "train_aging": {"train", "aging.steps"},
-        "aging_observables": {"observables", "probes", "aging.tau_w"},
-        "aging_study": {"aging.depth", "aging.width", "aging.seed"},
-        "train_langevin": {"train", "langevin.steps"},
-        "langevin_observables": {"observables", "probes", "langevin.tau_w"},
-        "langevin_study": {"langevin.depth", "langevin.width", "langevin.seed", "langevin.temperature"},
-        "stability": {"stability", "train.cell", "train.dtype", "train.device"},
+        "publish_data": {"data", "encoding"},
+        "train_pack": {"train"},
+        "extract_observables": {"observables", "probes"},
+        "combine_study": {"grid"},
+        "train_aging_pack": {"train", "aging.steps"},
+        "extract_aging_observables": {"observables", "probes", "aging.tau_w"},
+        "combine_aging": {"aging.depth", "aging.width", "aging.seed"},
+        "train_langevin_pack": {"train", "langevin.steps"},
+        "extract_langevin_observables": {"observables", "probes", "langevin.tau_w"},
+        "combine_langevin": {"langevin.depth", "langevin.width", "langevin.seed", "langevin.temperature"},
+        "scan_stability": {"stability", "train.cell", "train.dtype", "train.device"},
         **{
             stage: {*(f"sgd_floor.{k}" for k in keys), *(f"train.{k}" for k in floor_runs.TRAIN_KEYS)}
             for stage, keys in (
@@ -110,18 +113,17 @@ def test_dvc_params_sections_match_the_rules_params(tmp_path):
                 ("restart_floor", floor_runs.RESTART_KEYS),
             )
         },
-        "stability_study": {"stability.depth", "stability.width", "stability.batch_size"},
-        "fits": {"fits", "observables", "phases", "sgd_floor"},
+        "combine_stability": {"stability.depth", "stability.width", "stability.batch_size"},
+        "fit_study": {"fits", "observables", "phases", "sgd_floor"},
         "propose_widths": {"grid", "adaptive"},
-        "check": set(),
-        "figures": {"figures"},
+        "check_science": set(),
+        "plot_figures": {"figures"},
     }
     for name, stage in dvc_stages(repo).items():
         assert stage["params"] == expected[name.split("@")[0]], name
     for rule_file, sections in {
         "data": {"data", "encoding"},
-        # grid, aging and langevin: only their seeds and temperatures, in the rules' output paths
-        "train": {"train", "grid", "aging", "langevin"},
+        "train": {"train"},  # aging's and langevin's own train params: common.smk
         "observables": {"observables", "probes", "grid"},
         "langevin": {"probes"},
         "analysis": {"fits", "observables", "phases", "grid", "adaptive", "figures", "sgd_floor"},
@@ -170,15 +172,6 @@ def test_bad_params_stop_with_one_line_naming_the_key(tiny_study, tmp_path):
     assert "params.yaml: grid.width.0: -4 is less than the minimum of 1" in proc.stderr
 
 
-def assert_pack_trained_once(repo):
-    logs = [(repo / f"results/logs/train_aging_run/d1_w8_s{s}.log").read_text() for s in (0, 1)]
-    assert sorted(("model-steps/s" in log, "not trained" in log) for log in logs) == [
-        (False, True),
-        (True, False),
-    ]
-    assert not list((repo / "results/.train_cache").iterdir())  # every cached run was taken
-
-
 def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     """dvc repro builds the tiny study; a plot edit re-runs no training, an lr edit makes exactly the
     training stages stale, an appended width only its own stages."""
@@ -194,14 +187,25 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     ]  # (DVC hides nulls)
     traj = repo / "results/runs/d1_w8_s0/trajectory.nc"
     before = traj.read_bytes()
-    # the aging seeds 0 and 1 are one pack (train.pack 2) and DVC's stages are per run: one stage's
-    # job trains the pair, the other's takes its run from the cache
-    assert_pack_trained_once(repo)
+    git_commit(repo, "the tiny study")  # results/metrics.json is in git, not in DVC's cache
 
     edit_params(repo, {"figures": {"dpi": 70}})
     log = run(["dvc", "repro"], repo).stdout
-    assert re.findall(r"Running stage '([^']+)'", log) == ["figures"]
+    assert re.findall(r"Running stage '([^']+)'", log) == ["plot_figures"]
     assert traj.read_bytes() == before
+    git_commit(repo, "figures at 70 dpi")
+    edit_params(repo, {"fits": {"ci": 0.9}})
+    log = run(["dvc", "repro"], repo).stdout
+    assert re.findall(r"Running stage '([^']+)'", log) == ["fit_study", "check_science", "plot_figures"]
+    git_commit(repo, "90 % intervals")
+    # two commits compared: the metrics whose interval changed, the figures of each
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo).stdout)
+    changed = diff["results/metrics.json"]
+    assert changed and all(key.endswith(("_lo", "_hi")) or "ci" in key for key in changed), changed
+    plots = json.loads(run(["dvc", "plots", "diff", "HEAD~2", "HEAD~1", "--json"], repo).stdout)
+    assert "results/figures/loss_curves.png" in plots, plots
+    revisions = {image["revisions"][0] for image in plots["results/figures/loss_curves.png"]}
+    assert len(revisions) == 2, plots
 
     edit_params(repo, {"train": {"lr": 0.07}})  # the default is 0.05
     status = run(["dvc", "status", "--json"], repo).stdout
@@ -212,14 +216,14 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     # the floor's fit window is analysis only: the floor runs stay as trained
     window = yaml.safe_load((repo / "params.yaml").read_text())["sgd_floor"]["window_start"]
     edit_params(repo, {"sgd_floor": {"window_start": window + 1}})
-    assert set(yaml.safe_load(run(["dvc", "status", "--json"], repo).stdout)) == {"fits"}
+    assert set(yaml.safe_load(run(["dvc", "status", "--json"], repo).stdout)) == {"fit_study"}
     edit_params(repo, {"sgd_floor": {"window_start": window}})
 
     # adaptive widths: a width appended to grid.width makes that width's stages new, no other run stale
     adaptive.apply_proposals(repo / "params.yaml", [5], schema=repo / "workflow/schemas/params.schema.yaml")
     stale = set(yaml.safe_load(run(["dvc", "status", "--json"], repo).stdout))
-    new = {f"{stage}@{d}-5-0" for stage in ("train", "observables") for d in (1, 2)}
-    assert stale == new | {"study", "propose_widths"}, stale  # (their own params: grid)
+    new = {f"{stage}@{d}-5-0" for stage in ("train_pack", "extract_observables") for d in (1, 2)}
+    assert stale == new | {"combine_study", "propose_widths"}, stale  # (their own params: grid)
 
 
 def test_bad_score_stops_the_step_with_one_line_naming_the_file(tiny_study, tmp_path):
@@ -241,12 +245,35 @@ def test_bad_score_stops_the_step_with_one_line_naming_the_file(tiny_study, tmp_
     assert not (tiny_study / "results/data/chorales/chorales.json.tmp").exists()
 
 
+def test_every_rule_of_the_dag_is_named_in_the_source_and_nothing_reaches_into_snakemake():
+    """No generated rules: each rule `snakemake -n` schedules is a `rule` or `use rule` line of workflow/."""
+    out = run(["snakemake", "-n", "--forceall", "--quiet", "rules"], ROOT).stdout
+    scheduled = set(re.findall(r"^(\w+)\s+\d+$", out, re.M)) - {"job", "total"}
+    source = "\n".join(p.read_text() for p in [ROOT / "Snakefile", *(ROOT / "workflow/rules").glob("*.smk")])
+    declared = set(re.findall(r"^(?:use )?rule (\w+)", source, re.M))
+    declared |= set(re.findall(r"^use rule \w+ as (\w+)", source, re.M))
+    assert scheduled and scheduled <= declared, scheduled - declared
+    for path in [*(ROOT / "workflow").rglob("*.*"), *(ROOT / "src").rglob("*.py"), ROOT / "Snakefile"]:
+        text = path.read_text() if path.suffix in (".py", ".smk", ".yaml", "") else ""
+        assert "_parsed_overwrite" not in text and "train_cache" not in text, path
+
+
+def test_a_new_seed_pack_trains_only_its_own_runs(tiny_study, tmp_path):
+    repo = shutil.copytree(tiny_study, tmp_path / "repo")
+    edit_params(repo, {"grid": {"seed": [0, "1-2"]}})
+    out = run(["snakemake", "-n", "--quiet", "rules"], repo).stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
+    assert jobs["train_pack"] == "4" and jobs["extract_observables"] == "4", out  # 1-2 of each (d, w)
+    dry = run(["snakemake", "-n"], repo).stdout
+    assert "d1_w8_s1-2/trajectory.nc" in dry and "d1_w8_s0/trajectory.nc" not in dry  # pack 0 stays
+
+
 def test_appended_widths_train_only_the_new_runs(tiny_study, tmp_path):
     """`python -m bachglass.adaptive --apply` edits grid.width; the next pass trains the new width only."""
     repo = shutil.copytree(tiny_study, tmp_path / "repo")
     adaptive.apply_proposals(repo / "params.yaml", [5], schema=repo / "workflow/schemas/params.schema.yaml")
     out = run(["snakemake", "-n", "--quiet", "rules"], repo).stdout
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
-    assert jobs["train_run_s0"] == "2" and jobs["extract_observables"] == "2", out  # (1, 5) and (2, 5)
+    assert jobs["train_pack"] == "2" and jobs["extract_observables"] == "2", out  # (1, 5) and (2, 5)
     assert not any(rule.startswith(("train_aging", "train_langevin", "extract_aging")) for rule in jobs), out
     assert {"combine_study", "fit_study", "propose_widths", "plot_figures"} <= set(jobs), out

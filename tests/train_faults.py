@@ -43,13 +43,12 @@ CONFIG = TrainConfig(
     resume_every=7,
     dtype="float32",
     device="cpu",
-    pack=2,
 )
 
 
 def runs(run_dir: Path) -> list[Path]:
-    """The trajectory files of the pack."""
-    return [run_dir / f"d{DEPTH}_w{WIDTH}_s{seed}" / "trajectory.nc" for seed in SEEDS]
+    """The trajectory file of the pack (one, along seed), as the workflow names it."""
+    return [run_dir / f"d{DEPTH}_w{WIDTH}_s{SEEDS[0]}-{SEEDS[-1]}" / "trajectory.nc"]
 
 
 def die(sig: signal.Signals = signal.SIGKILL) -> None:
@@ -136,7 +135,7 @@ def main() -> None:
     paths = runs(run_dir)
     print(START, file=sys.stderr, flush=True)
     config = dataclasses.replace(CONFIG, steps=steps)
-    train.train_pack(data, DEPTH, WIDTH, SEEDS, config, paths, wanted=paths, cache=None)
+    train.train_pack(data, DEPTH, WIDTH, SEEDS, config, paths[0])
 
 
 if __name__ == "__main__":

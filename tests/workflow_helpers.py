@@ -16,22 +16,22 @@ from bachglass.params import deep_merge
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "tiny.yaml"
-# DVC stages of the tiny study that a train edit makes stale (grid seed 0, aging seeds 0 and 1), and the
-# stage groups downstream of them, sorted
-TINY_TRAIN_STAGES = {f"train@{d}-{w}-0" for d in (1, 2) for w in (2, 8)}
-TINY_TRAIN_STAGES |= {"train_aging@1-8-0", "train_aging@1-8-1"}
-TINY_TRAIN_STAGES |= {f"train_langevin@{t}-1-8-0" for t in ("0.001", "0.1")}
+# DVC stages of the tiny study that a train edit makes stale (grid pack 0, aging pack 0-1, Langevin pack 0),
+# and the stage groups downstream of them, sorted
+TINY_TRAIN_STAGES = {f"train_pack@{d}-{w}-0" for d in (1, 2) for w in (2, 8)}
+TINY_TRAIN_STAGES |= {"train_aging_pack@1-8-0-1"}
+TINY_TRAIN_STAGES |= {f"train_langevin_pack@{t}-1-8-0" for t in ("0.001", "0.1")}
 DOWNSTREAM_OF_TRAIN = [
-    "aging_observables",
-    "aging_study",
-    "check",
-    "figures",
-    "fits",
-    "langevin_observables",
-    "langevin_study",
-    "observables",
+    "check_science",
+    "combine_aging",
+    "combine_langevin",
+    "combine_study",
+    "extract_aging_observables",
+    "extract_langevin_observables",
+    "extract_observables",
+    "fit_study",
+    "plot_figures",
     "propose_widths",
-    "study",
 ]
 # the tiny study without its Langevin sweep (the SLURM tests, which count jobs and results)
 NO_LANGEVIN = {"langevin": {"depth": [], "width": [], "seed": [], "temperature": []}}

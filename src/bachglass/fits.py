@@ -177,7 +177,7 @@ def fit_study(
     measured_floor: float | None = None,
     n_scored_notes: int | None = None,
 ) -> xr.Dataset:
-    """Every fit of the study (the ``fits.nc`` layout; see README "How to read the results").
+    """Every fit of the study (the ``fits.nc`` layout; docs/results.md).
 
     Diverged runs are left out of every fit. The floors are measured first because they bound the
     rest: a threshold ε closer to them than ``floor_factor`` is not used for learning times, and

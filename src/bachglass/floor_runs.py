@@ -7,11 +7,13 @@ run is unclipped: the floor is a property of plain SGD.
 """
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from bachglass import trajectory
 from bachglass.errors import DataError, ParamsError
 
 # of train: what the floor runs take from the study's trainer (lr, B, steps and the clip are their own)
@@ -33,19 +35,14 @@ def setting_id(lr: float, batch_size: int) -> str:
     return f"lr{float(lr)}_B{int(batch_size)}"
 
 
-def combine_seeds(trajectories: Sequence[xr.Dataset]) -> xr.Dataset:
+def combine_seeds(trajectories: Sequence[xr.Dataset], params: dict[str, Any]) -> xr.Dataset:
     """One setting's runs (trajectories of one (depth, width)) along ``seed``, with their training attrs."""
+    from bachglass import io, train
+
     if not trajectories:
         raise DataError("sgd_floor: no run to combine; list sgd_floor.seed")
-    runs = [t.squeeze(("depth", "width"), drop=False) for t in trajectories]
-    return xr.concat(
-        runs,
-        dim="seed",
-        data_vars="minimal",
-        coords="minimal",
-        compat="override",
-        combine_attrs="drop_conflicts",
-    )
+    packed = trajectory.pack(trajectories, io.provenance(params, (*train.MODULES, "floor_runs")))
+    return packed.squeeze(("depth", "width"), drop=False)
 
 
 def _config(train_params: dict[str, Any], **own: Any) -> Any:
@@ -67,8 +64,9 @@ def train_setting(
     from bachglass import train
 
     seeds = list(runs["seed"])
-    cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["steps"], pack=len(seeds))
-    return combine_seeds(train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints))
+    cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["steps"])
+    trained = train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints)
+    return combine_seeds(trained, {"sgd_floor": runs, "train": asdict(cfg)})
 
 
 def restart_setting(
@@ -93,9 +91,10 @@ def restart_setting(
     k = int(np.abs(np.log(np.maximum(step, 1)) - np.log(runs["restart_step"])).argmin())  # nearest checkpoint
     lr, batch_size = float(parent.attrs["lr"]) * factor, int(parent.attrs["batch_size"])
     seeds = [int(s) for s in parent["seed"].values]
-    cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["restart_steps"], pack=len(seeds))
+    cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["restart_steps"])
     theta = [parent["theta"].sel(seed=s).isel(time=k).values.ravel() for s in seeds]
     origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k])}"
     start = sgd.Start(theta=theta, stream=RESTART_STREAM + factors.index(factor), origin=origin)
     restarted = train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints, start=start)
-    return combine_seeds(restarted).assign_attrs(restart_step=int(step[k]), restart_factor=float(factor))
+    packed = combine_seeds(restarted, {"sgd_floor": runs, "train": asdict(cfg), "origin": origin})
+    return packed.assign_attrs(restart_step=int(step[k]), restart_factor=float(factor))

@@ -86,10 +86,10 @@ def read_netcdf(path: str | Path, required: Iterable[str] = ()) -> xr.Dataset:
     return ds
 
 
-def checkpoint_path(output: str | Path) -> Path:
-    """Where the resumable checkpoint of the run that writes ``output`` lives (beside it)."""
+def checkpoint_paths(output: str | Path, seeds: Iterable[int]) -> list[Path]:
+    """Return where the checkpoints of the runs ``seeds`` that a job writes to ``output`` live (beside it)."""
     output = Path(output)
-    return output.with_name(output.stem + ".ckpt.pt")
+    return [output.with_name(f"{output.stem}.s{seed}.ckpt.pt") for seed in seeds]
 
 
 def params_sha256(params: Any) -> str:

@@ -192,7 +192,7 @@ def _check_trajectory(trajectory: xr.Dataset) -> None:
     if trajectory.attrs.get("status", "completed") not in ("completed", "diverged"):
         missing.append(f"valid status ({trajectory.attrs['status']!r}; expected completed or diverged)")
     if missing:
-        raise DataError(f"{where}: no {', no '.join(missing)}; re-create it with rule train_run")
+        raise DataError(f"{where}: no {', no '.join(missing)}; re-create it with rule train_pack")
 
 
 def _divergence(trajectory: xr.Dataset) -> int:
@@ -353,7 +353,7 @@ def _with_cf_attrs(ds: xr.Dataset) -> xr.Dataset:
 
 
 def combine_runs(datasets: Sequence[xr.Dataset], provenance: dict[str, Any]) -> xr.Dataset:
-    """Tile per-run observables into the study along (depth, width, seed).
+    """Tile observables (one run's, or a seed pack's) into the study along (depth, width, seed).
 
     New-style combine keywords keep ``loss`` on (depth, width, seed, time): with the old defaults
     xarray broadcast the ragged ``group`` dim (layer1..layer{d}, readout) into every variable. Only
@@ -362,9 +362,13 @@ def combine_runs(datasets: Sequence[xr.Dataset], provenance: dict[str, Any]) -> 
     if not datasets:
         raise DataError("study: no runs to combine; train the grid first")
     for ds in datasets:
-        if any(ds.sizes.get(d) != 1 for d in RUN_DIMS) or "data_floor" not in ds.attrs:
-            raise DataError(f"study: {dict(ds.sizes)} is not one run's observables; re-create it")
-    runs = [tuple(int(ds[d].item()) for d in RUN_DIMS) for ds in datasets]
+        if any(d not in ds.dims for d in RUN_DIMS) or "data_floor" not in ds.attrs:
+            raise DataError(f"study: {dict(ds.sizes)} are not a run's observables; re-create them")
+    runs = [
+        tuple(int(v) for v in run)
+        for ds in datasets
+        for run in itertools.product(*(ds[d].values for d in RUN_DIMS))
+    ]
     ids = ["d{}_w{}_s{}".format(*r) for r in runs]
     if len(set(runs)) < len(runs):
         dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -1,6 +1,10 @@
-"""Validate the study parameters against the JSON schema, plus cross-key rules a schema cannot state."""
+"""Validate the study parameters against the JSON schema, plus cross-key rules a schema cannot state.
 
-from collections.abc import Mapping
+Also the one reading of a seed pack (:func:`pack_seeds`): the runs one training job trains together.
+"""
+
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,43 @@ def validate_params(config: Mapping[str, Any], schema: str | Path, source: str =
     _check_cross_keys(config, source)
 
 
+PACKED = ("grid", "aging", "langevin")  # the sections whose seed lists are lists of seed packs
+_RANGE = re.compile(r"(\d+)-(\d+)")
+
+
+def pack_seeds(pack: int | str) -> list[int]:
+    """Return the seeds of a seed pack as params.yaml writes it: ``5`` is seed 5, ``"0-2"`` 0, 1, 2.
+
+    A pack's seeds train as one batched model in one job, and its files are named by the pack as
+    written (``results/runs/d2_w8_s0-2/``), which is also how DVC's matrix names its stages.
+    """
+    text = str(pack)
+    if text.isdigit():
+        return [int(text)]
+    match = _RANGE.fullmatch(text)
+    if match is None or int(match[1]) >= int(match[2]):
+        raise ParamsError(f"seed pack {pack!r}: write one seed (5) or a range of seeds low-high (0-2)")
+    return list(range(int(match[1]), int(match[2]) + 1))
+
+
+def seeds_of(packs: Iterable[int | str]) -> list[int]:
+    """Return every seed of a list of seed packs, in order."""
+    return [seed for pack in packs for seed in pack_seeds(pack)]
+
+
+def _check_packs(config: Mapping[str, Any], source: str) -> None:
+    for section in PACKED:
+        try:
+            seeds = seeds_of(config[section]["seed"])
+        except ParamsError as err:
+            raise ParamsError(f"{source}: {section}.seed: {err}") from None
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice:
+            raise ParamsError(f"{source}: {section}.seed: seeds {twice} are in more than one pack")
+
+
 def _check_cross_keys(config: Mapping[str, Any], source: str) -> None:
+    _check_packs(config, source)
     enc, obs = config["encoding"], config["observables"]
     if enc["min_quarters"] > enc["max_quarters"]:
         raise ParamsError(

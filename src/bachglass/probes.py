@@ -323,7 +323,7 @@ def _check(trajectory: xr.Dataset, encoded: xr.Dataset) -> Net:
     missing += [f"variable '{v}'" for v in ("theta", "step") if v not in trajectory]
     missing += [f"attribute '{a}'" for a in TRAJECTORY_ATTRS if a not in trajectory.attrs]
     if missing:
-        raise DataError(f"trajectory: no {', no '.join(missing)}; re-create it with rule train_run")
+        raise DataError(f"trajectory: no {', no '.join(missing)}; re-create it with rule train_pack")
     absent = [v for v in ENCODED_VARIABLES if v not in encoded.variables]
     if absent:
         raise DataError(

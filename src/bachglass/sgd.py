@@ -22,23 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bachglass import model
+from bachglass import model, trajectory
 from bachglass.ensemble import Corpus, EnsembleEngine, StackedBatch
 from bachglass.errors import DataError, ParamsError
 
 CHECK_EVERY = 50  # steps between divergence checks on a GPU (each waits for the queued work)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-VARIABLES = {  # name: (long_name, units)
-    "loss": ("training cross-entropy (full training set)", "nat per note"),
-    "heldout_loss": ("held-out cross-entropy", "nat per note"),
-    "clip_fraction": ("fraction of the steps since the previous checkpoint that were clipped", "1"),
-    "grad_norm_max": (
-        "largest gradient norm (before any clip) of the steps since the previous checkpoint",
-        "1",
-    ),
-    "theta": ("parameter snapshot, flattened in model.param_specs order", "1"),
-}
-RECORDS = tuple(VARIABLES)  # recorded at every checkpoint, in this order
+RECORDS = tuple(trajectory.VARIABLES)  # recorded at every checkpoint, in this order
 SAVED = ("counters", "rng", "noise", "perm", "theta", "n_records")  # a resumable state, less its records
 NOISE_TAG = 0x4C414E47  # "LANG": a run's Langevin stream is seeded (seed, tag), apart from init and batches
 
@@ -56,7 +46,6 @@ class TrainConfig:
     resume_every: int
     dtype: str
     device: str
-    pack: int = 1
     temperature: float = 0.0  # Langevin T, nats per note; 0: plain (S)GD, no random numbers drawn
     init: str = "pytorch"  # model.INITS: the recurrent weights' initialisation
 

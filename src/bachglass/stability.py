@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from bachglass import io, model, probes, sgd, train
+from bachglass import io, model, probes, sgd, trajectory
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
 
@@ -38,7 +38,7 @@ MODULES = (
     "model",
     "ensemble",
     "sgd",
-    "train",
+    "trajectory",
     "probes",
     "divergence",
     "stability",
@@ -126,7 +126,7 @@ def scan_cell(
     for member, seed in zip(ens.members, seeds, strict=True):
         member.rng = np.random.default_rng(seed)
     lrs = torch.tensor([lr for _, lr, _ in cells], dtype=dtype, device=device).unsqueeze(1)
-    grid = train.checkpoint_steps(config.steps, config.checkpoints_per_decade)
+    grid = trajectory.checkpoint_steps(config.steps, config.checkpoints_per_decade)
     probed = set(probes.sharpness_steps(grid, config.sharpness_per_decade).tolist())
     n = len(cells)
     out = {name: np.full((n, len(grid)), np.nan) for name in VARIABLES}

@@ -20,7 +20,7 @@ from bachglass.fits import OVER, UNDER, FitsConfig, classify, crossing_time
 from bachglass.loss_fits import power_laws, tail_fits
 from bachglass.observables import learning_time, smoothed_loss
 from bachglass.sgd_floor import FloorConfig, analyse
-from bachglass.train import checkpoint_steps
+from bachglass.trajectory import checkpoint_steps
 
 L0 = 3.2  # nats/note at initialisation (mean ln vocab size)
 

@@ -9,10 +9,7 @@ training-set loss L(θ_k). Resumable states, their checks and the stop signals a
 """
 
 import hashlib
-import json
 import logging
-import math
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -24,27 +21,16 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from bachglass import io, model
+from bachglass import io, model, trajectory
 from bachglass.errors import ParamsError
 from bachglass.resume import align, load, remove_checkpoint, save, stop, stop_signals
-from bachglass.sgd import VARIABLES, Data, Ensemble, Start, TrainConfig, make_engine, resolve
+from bachglass.sgd import Data, Ensemble, Start, TrainConfig, make_engine, resolve
 
 log = logging.getLogger(__name__)
 
-MODULES = ("model", "ensemble", "sgd", "resume", "train")  # code whose hash goes into the provenance
-ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what train_run reads of encoded.nc
-
-
-def checkpoint_steps(steps: int, per_decade: int) -> np.ndarray:
-    """Return the snapshot grid: 0, round(10^(k/per_decade)) for k = 0, 1, ..., and ``steps``.
-
-    Log-spaced because aging needs many waiting times per decade; anchored at the powers of ten so
-    that runs of different length share their grid. Early on, rounding merges points, so the grid
-    holds every step up to ~per_decade/ln 10. Depends only on its arguments (identical across runs).
-    """
-    k = np.arange(math.floor(per_decade * math.log10(steps) + 1e-9) + 1)
-    grid = np.rint(10.0 ** (k / per_decade))
-    return np.unique(np.concatenate([[0], grid[grid <= steps], [steps]])).astype(np.int64)
+# code whose hash goes into the provenance
+MODULES = ("model", "ensemble", "sgd", "resume", "train", "trajectory")
+ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what training reads of encoded.nc
 
 
 def train_run(
@@ -110,7 +96,7 @@ def train_runs(
     for k, state in enumerate(states):
         key = (0, ()) if state is None else (state["counters"][0], tuple(state["pack"]))
         cohorts.setdefault(key, []).append(k)
-    grid = checkpoint_steps(config.steps, config.checkpoints_per_decade)
+    grid = trajectory.checkpoint_steps(config.steps, config.checkpoints_per_decade)
     data = Data(train, heldout, layout)
     trajectories: list[xr.Dataset | None] = [None] * len(seeds)
     with stop_signals() as received:  # SIGTERM/SIGINT: save at the next step of the cohort at work, stop
@@ -142,67 +128,30 @@ def run_identities(
 ) -> list[dict[str, Any]]:
     """Return what determines each run's result: its params, data, code, torch build and device.
 
-    A checkpoint resumes only a run of the same identity. ``pack`` is left out: packing changes
+    A checkpoint resumes only a run of the same identity. The pack is not part of it: packing changes
     round-off only, and a run interrupted in one pack may resume in another.
     """
     device, _ = resolve(config)
-    base = {k: v for k, v in asdict(config).items() if k != "pack"} | {"depth": depth, "width": width}
+    base = asdict(config) | {"depth": depth, "width": width}
     base |= {"data_sha256": _data_sha256(encoded), "code_sha256": io.code_sha256(MODULES)}
     base |= {"torch": str(torch.__version__), "device_used": str(device)}
     return [base | {"seed": seed} for seed in seeds]
 
 
 def train_pack(
-    encoded: xr.Dataset,
-    depth: int,
-    width: int,
-    seeds: list[int],
-    config: TrainConfig,
-    runs: list[Path],
-    wanted: list[Path],
-    cache: Path | None,
-) -> bool:
-    """Train the pack ``seeds`` (trajectory files ``runs``) and write the ``wanted`` ones; True if cached.
+    encoded: xr.Dataset, depth: int, width: int, seeds: list[int], config: TrainConfig, output: Path
+) -> None:
+    """Train the seed pack ``seeds`` of one (depth, width) and write it to ``output`` along ``seed``.
 
-    A job writes what its rule declares: every run of the pack (Snakemake), or its own run only
-    (``dvc repro``, whose stages are per run). There the first job of a pack trains all of it and
-    puts the other runs' trajectories in ``cache``, named by a key of everything that determines
-    their bytes (identity, pack, provenance), and the next jobs take them from there instead of
-    training again. A key never matches a stale file; older entries of a run are removed.
+    Each run resumes from its checkpoint beside ``output`` (:func:`bachglass.io.checkpoint_paths`);
+    the checkpoints are removed only once the file is safely written.
     """
-    identities = run_identities(encoded, depth, width, seeds, config)
-    entries = {}
-    for seed, run, identity in zip(seeds, runs, identities, strict=True):
-        params = {"train": asdict(config), "depth": depth, "width": width, "seed": seed}
-        what = {"identity": identity, "pack": seeds, "provenance": io.provenance(params, MODULES)}
-        key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
-        if cache is not None:
-            entries[run] = cache / f"{run.parent.parent.name}-{run.parent.name}.{key}.nc"
-    if entries and all(entries[run].exists() for run in wanted):
-        for run in wanted:
-            with io.atomic_path(run) as tmp:
-                shutil.move(entries[run], tmp)
-        log.info(
-            "d%d_w%d seeds %s: taken from %s (trained with the pack %s), not trained",
-            depth,
-            width,
-            [seeds[runs.index(r)] for r in wanted],
-            cache,
-            seeds,
-        )
-        return True
-    checkpoints = [io.checkpoint_path(run) for run in runs]
-    trajectories = train_runs(encoded, depth, width, seeds, config, checkpoints)
-    for run, trajectory in zip(runs, trajectories, strict=True):
-        if run in wanted:
-            io.write_netcdf(trajectory, run)
-        elif run in entries:
-            for old in entries[run].parent.glob(entries[run].name.split(".")[0] + ".*.nc"):
-                old.unlink(missing_ok=True)
-            io.write_netcdf(trajectory, entries[run])
-    for checkpoint in checkpoints:  # only once every trajectory is safely written
+    checkpoints = io.checkpoint_paths(output, seeds)
+    runs = train_runs(encoded, depth, width, seeds, config, checkpoints)
+    params = {"train": asdict(config), "depth": depth, "width": width, "seed": seeds}
+    io.write_netcdf(trajectory.pack(runs, io.provenance(params, MODULES)), output)
+    for checkpoint in checkpoints:
         remove_checkpoint(checkpoint)
-    return False
 
 
 def _train(
@@ -314,23 +263,10 @@ def _trajectory(
     device: str,
     data_floor: float,
 ) -> xr.Dataset:
-    """Assemble the contract's trajectory Dataset; checkpoints not reached (divergence) are NaN."""
+    """Member ``m``'s trajectory (:func:`bachglass.trajectory.run_dataset`) with the training attributes."""
     member = ens.members[m]
-    n_params, n_done = sum(s.size for s in specs), len(member.records["loss"])
-    data_vars = {}
-    for key, (long_name, units) in VARIABLES.items():
-        dims = ("depth", "width", "seed", "time") + (("param",) if key == "theta" else ())
-        dtype = np.float32 if key == "theta" else np.float64
-        values = np.full((len(grid), n_params) if key == "theta" else len(grid), np.nan, dtype)
-        if n_done:
-            values[:n_done] = np.asarray(member.records[key])
-        data_vars[key] = (dims, values[None, None, None], {"long_name": long_name, "units": units})
-    coords = {
-        **{key: [identity[key]] for key in ("depth", "width", "seed")},
-        "time": ("time", grid / ens.steps_per_epoch, {"units": "epoch", "long_name": "training time"}),
-        "step": ("time", grid, {"units": "SGD steps", "long_name": "SGD step"}),
-        "group": ("param", model.param_groups(specs), {"long_name": "parameter group"}),
-    }
+    coords = {key: identity[key] for key in ("depth", "width", "seed")}
+    coords |= {"time": grid / ens.steps_per_epoch, "group": model.param_groups(specs)}
     attrs = {
         "cell": ens.config.cell,
         "lr": float(ens.config.lr),
@@ -340,7 +276,7 @@ def _trajectory(
         "steps": int(ens.config.steps),
         "checkpoints_per_decade": int(ens.config.checkpoints_per_decade),
         "dtype": ens.config.dtype,
-        "n_parameters": int(n_params),
+        "n_parameters": int(sum(s.size for s in specs)),
         "data_floor": data_floor,
         "device": device,
         "status": "diverged" if member.diverged_step >= 0 else "completed",
@@ -352,4 +288,4 @@ def _trajectory(
     params = {"train": asdict(ens.config), **{k: identity[k] for k in ("depth", "width", "seed")}}
     if "origin" in identity:  # a restart: what it continues
         attrs["origin"] = params["origin"] = identity["origin"]
-    return xr.Dataset(data_vars, coords, attrs | io.provenance(params, MODULES))
+    return trajectory.run_dataset(member.records, grid, coords, attrs | io.provenance(params, MODULES))

@@ -1,13 +1,13 @@
 # The aging subset: a few (depth, width) trained longer than the grid, because the sub-aging exponent
 # of the grid's runs still drifts with tau_w. The same steps as the grid, with their own params
-# (their training rules are made in train.smk, with the grid's).
+# (their training rule is train.smk's train_aging_pack).
 
 
 use rule extract_observables as extract_aging_observables with:
     input:
         trajectory=upstream(f"{AGING_RUN}/trajectory.nc"),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("observables", "divergence", "two_time", "probes", "model"),
+        code=code("observables", "divergence", "two_time", "probes", "model", "trajectory"),
     output:
         observables=f"{AGING_RUN}/observables.nc",
     log:

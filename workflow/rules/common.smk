@@ -13,14 +13,14 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("
 
 from bachglass.errors import ParamsError
 from bachglass.io import params_sha256
-from bachglass.params import validate_params
+from bachglass.params import pack_seeds, validate_params
 
 try:
     validate_params(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml")
 except ParamsError as err:
     sys.exit(f"error: {err}")
 
-RUN_ID = "d{depth}_w{width}_s{seed}"
+RUN_ID = "d{depth}_w{width}_s{seeds}"  # one seed pack of one (depth, width): a job's runs (params.pack_seeds)
 RUN = f"results/runs/{RUN_ID}"
 AGING_RUN = f"results/aging/{RUN_ID}"  # the longer runs of the aging subset
 LANGEVIN_RUN = f"results/langevin/T{{temperature}}/{RUN_ID}"  # the Langevin sweep, one folder per T
@@ -69,7 +69,7 @@ FIGURE_NAMES = [  # docs/science.md §1.8, in its order; figures.FIGURES draws t
 wildcard_constraints:
     depth=r"\d+",
     width=r"\d+",
-    seed=r"\d+",
+    seeds=r"\d+(-\d+)?",
     temperature=r"[0-9.e+-]+",
     batch=r"\d+",
     lr=r"[0-9.e-]+",
@@ -77,9 +77,9 @@ wildcard_constraints:
 
 
 def all_runs(filename):
-    """The file `filename` of every (depth, width, seed) run of the grid."""
+    """The file `filename` of every seed pack of every (depth, width) of the grid."""
     grid = config["grid"]
-    return expand(f"{RUN}/{filename}", depth=grid["depth"], width=grid["width"], seed=grid["seed"])
+    return expand(f"{RUN}/{filename}", depth=grid["depth"], width=grid["width"], seeds=grid["seed"])
 
 
 def figure_files():
@@ -94,9 +94,9 @@ def figure_files():
 
 
 def aging_runs(filename):
-    """The file `filename` of every run of the aging subset (none when its grid is empty)."""
+    """The file `filename` of every seed pack of the aging subset (none when its grid is empty)."""
     grid = config["aging"]
-    return expand(f"{AGING_RUN}/{filename}", depth=grid["depth"], width=grid["width"], seed=grid["seed"])
+    return expand(f"{AGING_RUN}/{filename}", depth=grid["depth"], width=grid["width"], seeds=grid["seed"])
 
 
 def aging_enabled():
@@ -151,7 +151,7 @@ def restart_files():
 
 
 def langevin_runs(filename):
-    """The file `filename` of every run of the Langevin sweep (none when its grid is empty).
+    """The file `filename` of every seed pack of the Langevin sweep (none when its grid is empty).
 
     A temperature's folder is named by str() of the number, as DVC names it in dvc.yaml's matrix.
     """
@@ -161,7 +161,7 @@ def langevin_runs(filename):
         temperature=[str(t) for t in sweep["temperature"]],
         depth=sweep["depth"],
         width=sweep["width"],
-        seed=sweep["seed"],
+        seeds=sweep["seed"],
     )
 
 
@@ -185,52 +185,14 @@ def langevin_params(temperature=None):
     }
 
 
-def seed_packs(seeds, pack):
-    """The seeds in groups of `pack`, in order: the runs one training job trains together."""
-    return [seeds[i : i + pack] for i in range(0, len(seeds), pack)]
+def langevin_train(wildcards):
+    """Params function of a Langevin training job: the train section at its folder's temperature."""
+    return langevin_params(float(wildcards.temperature))["train"]
 
 
-def pack_outputs(run_pattern, seeds):
-    """The trajectory of each seed of a pack; depth and width stay wildcards."""
-    return [f"{run_pattern}/trajectory.nc".replace("{seed}", str(seed)) for seed in seeds]
-
-
-def pack_job(run_pattern, all_seeds, seeds=None):
-    """Params function of a training job: its pack of seeds and the trajectory file of each.
-
-    `seeds` is the pack of a per-pack rule; without it (per-run rules under DVC) the pack is the one
-    that holds the requested seed.
-    """
-
-    def job(wildcards):
-        pack = seeds or next(
-            p for p in seed_packs(all_seeds, config["train"]["pack"]) if int(wildcards.seed) in p
-        )
-        where = {"depth": wildcards.depth, "width": wildcards.width}
-        runs = [f"{run_pattern}/trajectory.nc".format(**where, seed=seed) for seed in pack]
-        return {"pack": pack, "runs": runs}
-
-    return job
-
-
-def inherit_profile_settings(family, rule_name):
-    """Give the generated training rule `rule_name` (train_run_s0_1_2) a profile's settings for `family`.
-
-    Profiles (set-resources, set-threads) and --set-resources name rules exactly, but the per-pack names
-    depend on the grid. So profiles name the family, e.g. train_run, which is also the name under dvc
-    repro; Snakemake applies the entries as it defines each rule (Workflow.rule), so we copy the
-    family's entries to the generated name just before; entries for the pack's own name win.
-    tests/test_slurm.py checks the sbatch requests.
-    """
-    settings = workflow.resource_settings
-    resources = settings._parsed_overwrite_resources
-    if family in resources:  # the family's entries, then those a profile gives for this very pack
-        merged = resources[family].copy()
-        merged.update(resources.get(rule_name, {}))
-        resources[rule_name] = merged
-    threads = settings._parsed_overwrite_threads
-    if family in threads:
-        threads.setdefault(rule_name, threads[family])
+def pack_size(wildcards):
+    """The number of runs a training job trains: the seeds of its pack."""
+    return len(pack_seeds(wildcards.seeds))
 
 
 def code(*modules):

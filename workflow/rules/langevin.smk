@@ -1,13 +1,13 @@
 # The Langevin sweep: full-batch gradient descent plus noise at each temperature T of params.yaml's
 # langevin section (one folder per T), for the time-temperature superposition of the overlap Q.
-# Its training rules are made in train.smk, with the grid's; the steps after it are the grid's.
+# Its training rule is train.smk's train_langevin_pack; the steps after it are the grid's.
 
 
 use rule extract_observables as extract_langevin_observables with:
     input:
         trajectory=upstream(f"{LANGEVIN_RUN}/trajectory.nc"),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("observables", "divergence", "two_time", "probes", "model"),
+        code=code("observables", "divergence", "two_time", "probes", "model", "trajectory"),
     output:
         observables=f"{LANGEVIN_RUN}/observables.nc",
     log:

@@ -1,9 +1,9 @@
 rule extract_observables:
-    """Learning times, two-time observables, accuracy and sharpness of one run."""
+    """Learning times, two-time observables, accuracy and sharpness of the runs of one seed pack."""
     input:
         trajectory=upstream(f"{RUN}/trajectory.nc"),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("observables", "divergence", "two_time", "probes", "model"),
+        code=code("observables", "divergence", "two_time", "probes", "model", "trajectory"),
     output:
         observables=f"{RUN}/observables.nc",
     log:

@@ -6,7 +6,7 @@ rule scan_stability:
     """Every (init, lr, seed) of one (depth, width, batch size), unclipped: divergence, unsafe steps, sharpness."""
     input:
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "sgd", "train", "probes", "divergence", "stability"),
+        code=code("model", "ensemble", "sgd", "trajectory", "probes", "divergence", "stability"),
     output:
         scan=f"{STABILITY_CELL}.nc",
     log:

@@ -1,33 +1,36 @@
-"""Extract one run's observables from its trajectory and the chorales (rule extract_observables)."""
+"""Extract the observables of one seed pack's runs from its trajectories (rules extract_*observables)."""
 
 from typing import TYPE_CHECKING
 
 import torch
 
-from bachglass import io, observables, probes
+from bachglass import io, observables, probes, trajectory
 from bachglass.errors import run_step
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
+MODULES = ["observables", "divergence", "two_time", "probes", "model", "trajectory"]
+
 
 def main() -> None:
-    """Map Snakemake's input/params/output onto the two library calls: probes, then observables."""
+    """Per run of the pack: probes, then observables; written as one file along ``seed``."""
     torch.set_num_threads(snakemake.threads)
     params = snakemake.params.observables
-    trajectory = io.read_netcdf(snakemake.input.trajectory, required=observables.TRAJECTORY_VARS)
+    packed = io.read_netcdf(snakemake.input.trajectory, required=observables.TRAJECTORY_VARS)
     encoded = io.read_netcdf(snakemake.input.encoded, required=probes.ENCODED_VARIABLES)
-    measured = probes.probe_run(trajectory, encoded, probes.ProbesConfig(**snakemake.params.probes))
-    result = observables.run_observables(
-        trajectory,
+    provenance = io.provenance({**params, "probes": snakemake.params.probes}, MODULES)
+    config, probes_config = (
         observables.ObservablesConfig(**params),
-        provenance=io.provenance(
-            {**params, "probes": snakemake.params.probes},
-            ["observables", "divergence", "two_time", "probes", "model"],
-        ),
-        probes=measured,
+        probes.ProbesConfig(**snakemake.params.probes),
     )
-    io.write_netcdf(result, snakemake.output.observables)
+    runs = [
+        observables.run_observables(
+            run, config, provenance, probes=probes.probe_run(run, encoded, probes_config)
+        )
+        for run in trajectory.runs(packed)
+    ]
+    io.write_netcdf(observables.combine_runs(runs, provenance), snakemake.output.observables)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main() -> None:
     torch.set_num_threads(snakemake.threads)
     runs = snakemake.params.sgd_floor  # floor_runs.SETTING_KEYS or RESTART_KEYS of sgd_floor
     output = Path(snakemake.output.runs)
-    checkpoints = [output.with_name(f"{output.stem}.s{seed}.ckpt.pt") for seed in runs["seed"]]
+    checkpoints = io.checkpoint_paths(output, runs["seed"])
     encoded = io.read_netcdf(snakemake.input.encoded, required=train.ENCODED_VARIABLES)
     if hasattr(snakemake.input, "parent"):  # restart_floor: the first setting's runs at lr x factor
         parent = io.read_netcdf(snakemake.input.parent[0], required=["theta", "loss"])

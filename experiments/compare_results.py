@@ -1,0 +1,76 @@
+"""Compare two results folders by value: every variable of every NetCDF file, and the text files.
+
+A redesign of the pipeline may change file layouts and provenance attributes but must not change a
+number. This walks the combined files (``study.nc``, ``aging.nc``, ``langevin.nc``, ``stability.nc``,
+``fits.nc``, the floor runs) and the reports (``science_checks.md``, ``metrics.json``) of two
+``results/`` folders and prints, per file, the variables whose values differ (NaN equal to NaN) and
+the attributes that differ; the provenance attributes (code and params hashes) are listed apart.
+
+    python experiments/compare_results.py /path/to/old/results /path/to/new/results
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+COMBINED = ["study.nc", "aging.nc", "langevin.nc", "stability.nc", "fits.nc", "sgd_floor/*.nc"]
+TEXT = ["science_checks.md", "metrics.json", "proposed_widths.yaml", "stability.md"]
+PROVENANCE = {"code_sha256", "params_sha256"}
+
+
+def same_values(a: xr.DataArray, b: xr.DataArray) -> bool:
+    """Whether two variables have the same dims and values (NaN equal to NaN)."""
+    if a.dims != b.dims or a.shape != b.shape:
+        return False
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return bool(np.array_equal(a.values, b.values, equal_nan=True))
+    return bool(np.array_equal(a.values, b.values))
+
+
+def compare_netcdf(old: Path, new: Path) -> tuple[list[str], list[str], list[str]]:
+    """Variables that differ, attributes that differ, provenance attributes that differ."""
+    with xr.open_dataset(old) as a, xr.open_dataset(new) as b:
+        names = sorted(set(a.variables) | set(b.variables))
+        variables = [
+            n for n in names if n not in a.variables or n not in b.variables or not same_values(a[n], b[n])
+        ]
+        keys = sorted(set(a.attrs) | set(b.attrs))
+        differ = [k for k in keys if str(a.attrs.get(k)) != str(b.attrs.get(k))]
+    return variables, [k for k in differ if k not in PROVENANCE], [k for k in differ if k in PROVENANCE]
+
+
+def main() -> int:
+    """Compare the two folders; exit 1 if a value or a report differs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    args = parser.parse_args()
+    failed = False
+    for pattern in COMBINED:
+        for old in sorted(args.old.glob(pattern)):
+            new = args.new / old.relative_to(args.old)
+            if not new.exists():
+                print(f"{old.relative_to(args.old)}: missing in {args.new}")
+                failed = True
+                continue
+            variables, attrs, provenance = compare_netcdf(old, new)
+            failed |= bool(variables or attrs)
+            verdict = "same values" if not (variables or attrs) else "DIFFERENT"
+            print(
+                f"{new.relative_to(args.new)}: {verdict}; variables {variables}, attributes {attrs}; "
+                f"provenance {provenance}"
+            )
+    for name in TEXT:
+        old, new = args.old / name, args.new / name
+        if old.exists():
+            same = new.exists() and old.read_bytes() == new.read_bytes()
+            failed |= not same
+            print(f"{name}: {'same bytes' if same else 'DIFFERENT'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
