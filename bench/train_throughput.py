@@ -9,7 +9,7 @@ neighbour's load hits them all alike. Ratios are to the plain loop.
 
 * ``plain``: for each model in turn, ``torch.nn.RNN`` + ``nn.Linear`` readout, autograd,
   ``clip_grad_norm_`` and ``torch.optim.SGD`` (what a physicist writes first).
-* ``trainer S=1``: the project's trainer (``sgd.Ensemble`` of one run: the manual-BPTT engine,
+* ``trainer S=1``: the project's trainer (``pack_state.PackState`` of one run: the manual-BPTT engine,
   clipping and divergence checks, as ``snakemake`` runs a seed pack of one seed).
 * ``ensemble S=k``: k runs of the same (d, w) as one batched model (a seed pack of k seeds).
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bachglass import model, sgd
+from bachglass import model, pack_state, sgd
 
 VOCAB = (26, 21, 21, 26)  # 25/20/20/25 pitches + a rest token
 SHAPES = [(1, 16), (2, 32), (3, 64), (4, 128), (3, 16)]
@@ -75,7 +75,7 @@ class Plain:
 
 
 class Packed:
-    """The project's trainer: ``sgd.Ensemble`` of ``size`` runs (size 1: the single-run trainer)."""
+    """The project's trainer: ``pack_state.PackState`` of ``size`` runs (size 1: the single-run trainer)."""
 
     def __init__(
         self, depth: int, width: int, data: model.Batch, args: argparse.Namespace, size: int
@@ -91,13 +91,16 @@ class Packed:
             resume_every=10**9,
             dtype="float32",
             device=str(data.x.device.type),
+            temperature=0.0,
+            init="pytorch",
         )
         specs = model.param_specs("rnn_tanh", depth, width, VOCAB)
         thetas = torch.stack(
             [model.init_theta(specs, width, s, torch.float32, data.x.device) for s in range(size)]
         )
-        engine = sgd.make_engine("rnn_tanh", depth, width, layout, thetas)
-        self.ensemble = sgd.Ensemble(engine, sgd.Data(data, None, layout), config, list(range(size)))
+        engine = pack_state.make_engine("rnn_tanh", depth, width, layout, thetas)
+        data = pack_state.Data(data, None, layout)
+        self.ensemble = pack_state.PackState(engine, data, config, list(range(size)))
         self.models = size
 
     def step(self) -> None:

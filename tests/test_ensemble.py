@@ -52,7 +52,7 @@ def test_each_member_has_the_loss_and_gradient_of_its_own_network(encoded, depth
     layout, batch = model.HeadLayout(VOCAB), training_batch(encoded)
     corpus = ensemble.Corpus(batch, layout)
     stacked = thetas(depth, 7, [0, 1, 2])
-    engine = ensemble.EnsembleEngine(depth, 7, layout, stacked.clone())
+    engine = ensemble.BatchedElman(depth, 7, layout, stacked.clone())
     shared = corpus.select(corpus.all)
     own = torch.tensor([[4, 0, 2], [1, 3, 5], [2, 2, 0]])  # one minibatch per member
     for stacked_batch, members in ((shared, [[0, 1, 2, 3, 4, 5]] * 3), (corpus.select(own), own.tolist())):
@@ -134,7 +134,7 @@ def test_float32_pack_matches_single_runs_to_round_off(encoded):
 
 
 def test_a_diverging_member_stops_alone(encoded, monkeypatch):
-    real = ensemble.EnsembleEngine.loss_grad
+    real = ensemble.BatchedElman.loss_grad
     calls = []
 
     def poisoned(self, batch):
@@ -145,7 +145,7 @@ def test_a_diverging_member_stops_alone(encoded, monkeypatch):
         return loss, grad
 
     clean = train.train_runs(encoded, 1, 6, [0, 1, 2], config(), progress=False)
-    monkeypatch.setattr(ensemble.EnsembleEngine, "loss_grad", poisoned)
+    monkeypatch.setattr(ensemble.BatchedElman, "loss_grad", poisoned)
     runs = train.train_runs(encoded, 1, 6, [0, 1, 2], config(), progress=False)
     assert runs[1].attrs["status"] == "diverged" and runs[1].attrs["diverged_step"] == 7
     steps = runs[1].step.values

@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 from workflow_helpers import ROOT
 
+from bachglass import io
+
 CONDA_NAME = {"pytorch": "torch"}  # conda-forge name -> PyPI name
 WORKFLOW_ONLY = {  # run by the driver (and, for the SLURM plugins, its nested snakemake), not in jobs' envs
     "snakemake",
@@ -86,26 +88,20 @@ def module_imports(path: Path) -> tuple[set[str], set[str]]:
 
 
 def packages_needed(script: Path) -> set[str]:
-    """Third-party packages a workflow script needs, through the bachglass modules it imports."""
-    needed, seen, todo = set(), set(), [script]
-    while todo:
-        third, ours = module_imports(todo.pop())
-        needed |= third
-        for module in ours - seen:
-            seen.add(module)
-            if (ROOT / f"src/bachglass/{module}.py").exists():
-                todo.append(ROOT / f"src/bachglass/{module}.py")
+    """Third-party packages a workflow script needs, through the bachglass modules it runs."""
+    needed = module_imports(script)[0]
+    for module in io.code_modules(script):
+        needed |= module_imports(ROOT / f"src/bachglass/{module}.py")[0]
     return needed | {"netcdf4"}  # io writes with the netcdf4 engine, which xarray imports lazily
 
 
 def rule_envs_and_scripts() -> list[tuple[str, str, str]]:
     rules = []
     for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
-        for block in re.split(r"^ *rule\b *", smk.read_text(), flags=re.M)[1:]:  # also rules made in loops
+        for block in re.split(r"^rule\b *", smk.read_text(), flags=re.M)[1:]:
             env = re.search(r'conda:\s*"\.\./\.\./envs/([\w]+)\.yaml"', block)
             script = re.search(r'script:\s*"\.\./scripts/([\w]+\.py)"', block)
-            name = re.search(r"name:\s*(\S+)", block) if block.startswith(":") else None
-            rules.append((name.group(1) if name else block.split(":")[0], env.group(1), script.group(1)))
+            rules.append((block.split(":")[0], env.group(1), script.group(1)))
     return rules
 
 

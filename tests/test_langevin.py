@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 from conftest import Interrupted, die_at_save, make_encoded, make_trajectory, train_config
 
-from bachglass import langevin, model, sgd, train
+from bachglass import langevin, model, pack_state, sgd, train
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -38,13 +38,13 @@ def scored_notes(enc):
 
 
 def ensemble(enc, seeds, cfg, width=32, device=CPU):
-    """An Ensemble of depth-1 nets of ``width``, built as train_runs builds one."""
+    """A PackState of depth-1 nets of ``width``, built as train_runs builds one."""
     layout = model.HeadLayout(VOCAB)
     data, heldout = model.encode_splits(enc, layout, F64, device)
     specs = model.param_specs(cfg.cell, 1, width, VOCAB)
     thetas = torch.stack([model.init_theta(specs, width, s, F64, device) for s in seeds])
-    engine = sgd.make_engine(cfg.cell, 1, width, layout, thetas)
-    return sgd.Ensemble(engine, sgd.Data(data, heldout, layout), cfg, seeds)
+    engine = pack_state.make_engine(cfg.cell, 1, width, layout, thetas)
+    return pack_state.PackState(engine, pack_state.Data(data, heldout, layout), cfg, seeds)
 
 
 def runs(enc, seeds, cfg, paths=None):
@@ -86,20 +86,20 @@ def test_each_run_has_its_own_noise_stream_apart_from_its_init_stream():
 
 
 def test_at_zero_temperature_nothing_is_drawn_and_the_trajectory_is_plain_sgd(encoded, monkeypatch):
-    def plain_update(self, grad):  # Ensemble.update as it was before Langevin (gradient norm logged)
-        clip = self.config.clip_norm
+    def plain_update(self, theta, grad, active, n_stopped):  # SGD.step as before Langevin (norm logged)
+        clip = self.clip_norm
         norm = torch.linalg.vector_norm(grad, dim=1)
         torch.fmax(self.grad_max, norm, out=self.grad_max)
         if clip is not None:
             self.clipped.add_(norm > clip)
             grad.mul_((clip / norm).clamp_(max=1.0).unsqueeze(1))
-        if self.n_stopped:
-            grad.masked_fill_(self.active.unsqueeze(1) == 0, 0.0)
-        self.engine.theta.add_(grad, alpha=-self.config.lr)
+        if n_stopped:
+            grad.masked_fill_(active.unsqueeze(1) == 0, 0.0)
+        theta.add_(grad, alpha=-self.lr)
 
     for cfg in (config(temperature=0.0), config(temperature=0.0, batch_size=None, dtype="float32")):
         with monkeypatch.context() as patch:
-            patch.setattr(sgd.Ensemble, "update", plain_update)
+            patch.setattr(sgd.SGD, "step", plain_update)
             before = runs(encoded, [0, 1], cfg)
         with monkeypatch.context() as patch:
             patch.setattr(torch.Tensor, "normal_", lambda *a, **k: pytest.fail("drew noise at T = 0"))
@@ -107,8 +107,6 @@ def test_at_zero_temperature_nothing_is_drawn_and_the_trajectory_is_plain_sgd(en
         for a, b in zip(now, before, strict=True):
             xr.testing.assert_identical(a, b)
         assert now[0].attrs["temperature"] == 0.0
-    default = train_config(**{k: v for k, v in vars(cfg).items() if k != "temperature"})
-    assert default.temperature == 0.0
 
 
 def test_trajectory_records_temperature_and_scored_notes(encoded, caplog):
@@ -128,7 +126,7 @@ def test_interrupted_langevin_run_resumes_bitwise(encoded, tmp_path, die_after_f
     with pytest.raises(Interrupted):
         runs(encoded, [0], cfg, [ckpt])
     state = torch.load(ckpt, weights_only=True)
-    assert state["counters"][0] == 23 and state["noise"].dtype == torch.uint8
+    assert state["counters"][0] == 23 and state["optimizer"]["noise"].dtype == torch.uint8
     resumed = runs(encoded, [0], cfg, [ckpt])
     uninterrupted = runs(encoded, [0], cfg)
     xr.testing.assert_identical(resumed[0], uninterrupted[0])
@@ -156,7 +154,8 @@ def test_a_pack_saved_apart_steps_back_to_the_noise_state_of_the_save_before(enc
     # saves at 10 and 20, then seed 0 at 30 but not seed 1
     assert interrupt_between_files(encoded, cfg, paths, monkeypatch, 6) == [(30, 20), (20, 10)]
     ahead = torch.load(paths[0], weights_only=True)
-    assert not torch.equal(ahead["noise"], ahead["previous"]["noise"])  # 10 steps of draws apart
+    noise, before = ahead["optimizer"]["noise"], ahead["previous"]["optimizer"]["noise"]
+    assert not torch.equal(noise, before)  # 10 steps of draws apart
     # both resume at 20 (seed 0 stepped back); seed 0 saved at 30, seed 1 not
     assert interrupt_between_files(encoded, cfg, paths, monkeypatch, 2) == [(30, 20), (20, 10)]
     for a, b in zip(runs(encoded, [0, 1], cfg, paths), uninterrupted, strict=True):

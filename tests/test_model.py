@@ -6,7 +6,7 @@ import torch
 from conftest import make_encoded
 
 from bachglass import model
-from bachglass.ensemble import Corpus, EnsembleEngine
+from bachglass.ensemble import BatchedElman, Corpus
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -27,7 +27,7 @@ class Fast:
     """The batched Elman engine with one member, behind ReferenceEngine's interface."""
 
     def __init__(self, depth, width, layout, theta):
-        self.engine = EnsembleEngine(depth, width, layout, theta.unsqueeze(0))
+        self.engine = BatchedElman(depth, width, layout, theta.unsqueeze(0))
         self.theta, self.layout = self.engine.theta[0], layout
 
     def stacked(self, batch):

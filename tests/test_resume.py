@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import make_encoded
 
-from bachglass import io, sgd
+from bachglass import io, trajectory
 
 DRIVER = Path(__file__).with_name("train_faults.py")
 sys.path.insert(0, str(DRIVER.parent))
@@ -59,7 +59,7 @@ def assert_crash_left_nothing_broken(run_dir: Path) -> list[int]:
     steps = []
     for path in train_faults.runs(run_dir):
         if path.exists():
-            io.read_netcdf(path, required=sgd.RECORDS)  # a DataError if truncated
+            io.read_netcdf(path, required=trajectory.VARIABLES)  # a DataError if truncated
         for checkpoint in io.checkpoint_paths(path, train_faults.SEEDS):
             if checkpoint.exists():
                 steps.append(torch.load(checkpoint, weights_only=True)["counters"][0])

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from bachglass import io, train
-from bachglass.sgd import Ensemble, TrainConfig
+from bachglass.pack_state import PackState
+from bachglass.sgd import TrainConfig
 
 DEPTH, WIDTH, SEEDS = 2, 8, [0, 1]
 START = "training starts"  # on stderr once the imports and the data are done
@@ -43,6 +44,8 @@ CONFIG = TrainConfig(
     resume_every=7,
     dtype="float32",
     device="cpu",
+    temperature=0.0,
+    init="pytorch",
 )
 
 
@@ -75,24 +78,24 @@ def inject(fault: str, n: int) -> None:
         return count[0] == n
 
     if fault in ("step", "sigterm", "sigint"):
-        update = Ensemble.update
+        update = PackState.update
         sig = {"step": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}[fault]
 
-        def update_then_signal(self: Ensemble, grad: torch.Tensor) -> None:
+        def update_then_signal(self: PackState, grad: torch.Tensor) -> None:
             if self.step == n:
                 die(sig)  # SIGTERM/SIGINT: the handler notes it and the step completes
             update(self, grad)
 
-        Ensemble.update = update_then_signal  # type: ignore[method-assign]
+        PackState.update = update_then_signal  # type: ignore[method-assign]
     elif fault == "record":
-        record = Ensemble.record
+        record = PackState.record
 
-        def record_then_die(self: Ensemble, step: int, losses: torch.Tensor | None) -> None:
+        def record_then_die(self: PackState, step: int, losses: torch.Tensor | None) -> None:
             record(self, step, losses)
             if step == n:
                 die()
 
-        Ensemble.record = record_then_die  # type: ignore[method-assign]
+        PackState.record = record_then_die  # type: ignore[method-assign]
     elif fault in ("save", "between"):
         save = torch.save
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bachglass import checks, legacy_checks
+from bachglass import checks, io, legacy_checks
 from bachglass.fits import OVER, UNDER
 from bachglass.params import load_params
 from bachglass.synthetic import (
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None, scenarios: Sequence[Scenario] = SCEN
         scenarios = [s for s in scenarios if s.check in args.checks]
     text = table(calibrate(design, args.studies, args.seed, scenarios))
     if args.out:
-        args.out.write_text(text)
+        io.write_text(text, args.out)
     print(text, end="")
 
 

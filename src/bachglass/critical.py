@@ -23,7 +23,7 @@ from scipy.optimize import least_squares
 from bachglass.exponent import NU_GRID, free_exponent_fit, nu_profile, pooled_profile
 
 if TYPE_CHECKING:
-    from bachglass.fits import FitsConfig
+    from bachglass.fits_config import FitsConfig
 
 
 @dataclass(frozen=True)

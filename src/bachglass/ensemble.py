@@ -120,7 +120,7 @@ class _Buffers:
         self.last = (dh[-1], dtanh[-1])
 
 
-class EnsembleEngine:
+class BatchedElman:
     """Loss and gradient of S Elman networks at once, by manual BPTT.
 
     ``theta`` (S, N) and ``grad`` (S, N) hold one member per row, flat in ``model.param_specs``

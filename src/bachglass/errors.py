@@ -22,10 +22,6 @@ class DataError(BachglassError):
     """A score, manifest, download or NetCDF file is unusable."""
 
 
-class DivergenceError(BachglassError):
-    """The training loss became non-finite."""
-
-
 def run_step(main: Callable[[], None], log: str | Path | None = None) -> None:
     """Run a workflow step; report a ``BachglassError`` as one line on stderr and in the log, exit 1.
 

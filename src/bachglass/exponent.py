@@ -7,14 +7,19 @@ nu = 2, which is how check 3 judges "τ ∝ 1/(w - w_c)" (docs/calibration.md gi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from scipy.optimize import least_squares
 from scipy.stats import chi2
 
-if TYPE_CHECKING:
-    from bachglass.critical import CriticalFit
+
+class LinearFit(Protocol):
+    """The linear fit (nu = 1) a free fit starts from: :class:`bachglass.critical.CriticalFit`."""
+
+    w_c: float
+    A: float
+
 
 NU_GRID = np.round(np.arange(0.25, 4.0001, 0.05), 2)  # the profile of nu is tabulated here
 LEVEL = 0.95  # of the profile test of nu
@@ -51,7 +56,7 @@ def _window(w: np.ndarray, tau: np.ndarray, w_max: float) -> tuple[np.ndarray, n
 
 
 def free_exponent_fit(
-    w: np.ndarray, tau: np.ndarray, t_max: float, rel_err: float, w_max: float, start: CriticalFit
+    w: np.ndarray, tau: np.ndarray, t_max: float, rel_err: float, w_max: float, start: LinearFit
 ) -> tuple[float, float, float]:
     """τ = A (w - w_c)^-nu with nu free, in log τ, over the widths ≤ ``w_max``: (w_c, A, nu).
 
@@ -68,7 +73,7 @@ def free_exponent_fit(
 
 
 def nu_profile(
-    w: np.ndarray, tau: np.ndarray, t_max: float, sigma: float, w_max: float, start: CriticalFit
+    w: np.ndarray, tau: np.ndarray, t_max: float, sigma: float, w_max: float, start: LinearFit
 ) -> np.ndarray:
     """χ²(nu) on :data:`NU_GRID`, minimised over w_c and A at each nu (the profile), in ln τ.
 

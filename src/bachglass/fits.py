@@ -7,14 +7,14 @@ laws of each run's loss live in :mod:`bachglass.loss_fits`, the critical fits in
 """
 
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import xarray as xr
 
 from bachglass.aging import collapse
 from bachglass.critical import critical
+from bachglass.fits_config import FitsConfig
 from bachglass.loss_fits import POWER_LAW_VARS, power_laws, tail_fits
 from bachglass.observables import NATS, smoothed_loss
 
@@ -22,35 +22,7 @@ log = logging.getLogger(__name__)
 
 UNDER, OVER, UNDETERMINED = 1, 0, -1  # phase flags (CF flag_values)
 FLAG_MEANINGS = "over under undetermined"
-MODULES = (
-    "fits",
-    "loss_fits",
-    "critical",
-    "exponent",
-    "aging",
-    "two_time",
-    "observables",
-    "divergence",
-)  # code whose hash goes into the provenance
 STUDY_VARIABLES = ("loss", "clip_fraction", "tau", "msd_lag", "diverged")  # what fit_study reads
-
-
-@dataclass(frozen=True)
-class FitsConfig:
-    """The ``fits`` section of params.yaml, key for key (see the comments there)."""
-
-    window_start: Sequence[int]  # SGD steps; the first window is reported, the others give sensitivity
-    tail_factor: float  # a run's tail starts at tail_factor x its learning time at the largest eps
-    tail_min_decades: float  # ... and spans at least this many decades, else the run has no tail
-    floor_factor: float
-    max_width_ratio: float
-    min_widths: int
-    extrapolation_eps: int
-    aging_tau_w_min: int
-    mu_max: float
-    n_boot: int
-    ci: float
-    seed: int
 
 
 def sgd_floor(L_inf: xr.DataArray) -> xr.DataArray:

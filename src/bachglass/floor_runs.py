@@ -37,11 +37,11 @@ def setting_id(lr: float, batch_size: int) -> str:
 
 def combine_seeds(trajectories: Sequence[xr.Dataset], params: dict[str, Any]) -> xr.Dataset:
     """One setting's runs (trajectories of one (depth, width)) along ``seed``, with their training attrs."""
-    from bachglass import io, train
+    from bachglass import io
 
     if not trajectories:
         raise DataError("sgd_floor: no run to combine; list sgd_floor.seed")
-    packed = trajectory.pack(trajectories, io.provenance(params, (*train.MODULES, "floor_runs")))
+    packed = trajectory.pack(trajectories, io.provenance(params, __file__))
     return packed.squeeze(("depth", "width"), drop=False)
 
 
@@ -78,7 +78,7 @@ def restart_setting(
     checkpoints: list[Any],
 ) -> xr.Dataset:
     """Continue the parent's runs from ``restart_step`` at η × ``factor`` (``runs``: :data:`RESTART_KEYS`)."""
-    from bachglass import sgd, train
+    from bachglass import pack_state, train
 
     factors = list(runs["restart_factors"])
     if factor not in factors:
@@ -94,7 +94,7 @@ def restart_setting(
     cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["restart_steps"])
     theta = [parent["theta"].sel(seed=s).isel(time=k).values.ravel() for s in seeds]
     origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k])}"
-    start = sgd.Start(theta=theta, stream=RESTART_STREAM + factors.index(factor), origin=origin)
+    start = pack_state.Start(theta=theta, stream=RESTART_STREAM + factors.index(factor), origin=origin)
     restarted = train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints, start=start)
     packed = combine_seeds(restarted, {"sgd_floor": runs, "train": asdict(cfg), "origin": origin})
     return packed.assign_attrs(restart_step=int(step[k]), restart_factor=float(factor))

@@ -1,9 +1,12 @@
 """File input and output: atomic writes, NetCDF with compression, provenance attributes.
 
-Only this module touches files. Every write goes to ``<name>.tmp`` first and is renamed into place with
-``os.replace``, so a killed job never leaves a truncated file under its final name.
+Every result a step writes goes through here (checkpoints too, by :func:`atomic_path`): to
+``<name>.tmp`` first, renamed into place with ``os.replace``, so a killed job never leaves a
+truncated file under its final name. Reading the inputs a step names (scores, the JSB file,
+params.yaml) is the job of the module that parses them.
 """
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -97,6 +100,42 @@ def params_sha256(params: Any) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def code_modules(path: str | Path) -> list[str]:
+    """Return the ``bachglass`` modules that the source file ``path`` runs, sorted.
+
+    Its own imports, theirs and so on (not those made for type checkers only), plus ``path`` itself
+    when it is one of them. The one list of the code a step's output depends on: the workflow's rules
+    take their code inputs from it, and the outputs' ``code_sha256`` hashes it.
+    """
+    found: set[str] = set()
+    todo = [Path(path)]
+    if todo[0].resolve().parent == PACKAGE_DIR:
+        found.add(todo[0].stem)
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        typing_only = {
+            id(node)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for node in ast.walk(block)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module == "bachglass":
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bachglass."):
+                names = [node.module.split(".")[1]]  # type: ignore[union-attr]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("bachglass.")]
+            for name in names:
+                if name not in found and (PACKAGE_DIR / f"{name}.py").exists():
+                    found.add(name)
+                    todo.append(PACKAGE_DIR / f"{name}.py")
+    return sorted(found)
+
+
 def code_sha256(modules: Iterable[str]) -> str:
     """SHA-256 over the source of the named ``bachglass`` modules (a commit-independent code version)."""
     digest = hashlib.sha256()
@@ -105,14 +144,17 @@ def code_sha256(modules: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def provenance(params: Any, modules: Iterable[str]) -> dict[str, str]:
-    """Provenance attributes for a NetCDF output: no dates, so identical inputs give identical bytes."""
+def provenance(params: Any, code: str | Path) -> dict[str, str]:
+    """Provenance attributes for a NetCDF output: no dates, so identical inputs give identical bytes.
+
+    ``code`` is the source file that computes it (``__file__``): the hash covers what it runs.
+    """
     return {
         "Conventions": "CF-1.11",
         "source": f"bachglass {__version__}",
         "references": "Hertz & Tyrcha, Phys. Rev. E 111, 055307 (2025), doi:10.1103/PhysRevE.111.055307",
         "bachglass_version": __version__,
-        "code_sha256": code_sha256({*modules, "io", "errors"}),
+        "code_sha256": code_sha256(code_modules(code)),
         "params_sha256": params_sha256(params),
     }
 

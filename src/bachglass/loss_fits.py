@@ -15,7 +15,7 @@ from scipy.optimize import least_squares
 from scipy.stats import f as f_dist
 
 if TYPE_CHECKING:
-    from bachglass.fits import FitsConfig
+    from bachglass.fits_config import FitsConfig
 
 
 def _window(

@@ -364,11 +364,8 @@ def combine_runs(datasets: Sequence[xr.Dataset], provenance: dict[str, Any]) -> 
     for ds in datasets:
         if any(d not in ds.dims for d in RUN_DIMS) or "data_floor" not in ds.attrs:
             raise DataError(f"study: {dict(ds.sizes)} are not a run's observables; re-create them")
-    runs = [
-        tuple(int(v) for v in run)
-        for ds in datasets
-        for run in itertools.product(*(ds[d].values for d in RUN_DIMS))
-    ]
+    blocks = [itertools.product(*(ds[d].values.tolist() for d in RUN_DIMS)) for ds in datasets]
+    runs = [tuple(run) for block in blocks for run in block]
     ids = ["d{}_w{}_s{}".format(*r) for r in runs]
     if len(set(runs)) < len(runs):
         dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bachglass import io, sgd
+from bachglass import io, pack_state
 from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def stop_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-def save(ens: sgd.Ensemble, saving: list[tuple[Path, int]], identities: list[dict[str, Any]]) -> None:
+def save(ens: pack_state.PackState, saving: list[tuple[Path, int]], identities: list[dict[str, Any]]) -> None:
     """Write every run's resumable state at ``ens.step``, each file atomically."""
     ens.flush()
     for path, m in saving:
@@ -63,7 +63,7 @@ def save(ens: sgd.Ensemble, saving: list[tuple[Path, int]], identities: list[dic
 
 
 def stop(
-    ens: sgd.Ensemble, saving: list[tuple[Path, int]], identities: list[dict[str, Any]], signum: int
+    ens: pack_state.PackState, saving: list[tuple[Path, int]], identities: list[dict[str, Any]], signum: int
 ) -> None:
     """Save the state (when there is a checkpoint file) and stop as the signal ``signum`` asks."""
     name = signal.Signals(signum).name
@@ -123,7 +123,7 @@ def load(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     if differ:
         was = ", ".join(f"{k}={stored.get(k)!r} (now {identity.get(k)!r})" for k in differ)
         raise ParamsError(f"{path}: checkpoint of a different run: {was}; delete it to start over")
-    missing = {*sgd.SAVED, "records", "snapshots", "previous", "pack"} - state.keys()
+    missing = {*pack_state.SAVED, "records", "snapshots", "previous", "pack"} - state.keys()
     if missing:
         raise DataError(f"{path}: checkpoint without {sorted(missing)}; delete it to start over")
     return state

@@ -12,10 +12,10 @@ any clipping for as long as the study's own runs and records, per run:
 - λ_max at log-spaced checkpoints, to compare with 2/η.
 
 All initialisations (``train.init``), learning rates and seeds of one (depth, width, B) train as one
-batched ensemble (:class:`~bachglass.ensemble.EnsembleEngine`): each member its own θ, η and
+batched ensemble (:class:`~bachglass.ensemble.BatchedElman`): each member its own θ, η and
 divergence; the members of one seed share that seed's minibatch order (and, within one init, its
 initial θ), so the runs of one seed differ in η and the recurrent weights' initialisation only.
-The update θ ← θ − η_m g is the one of :meth:`bachglass.sgd.Ensemble.update` without a clip, with η
+The update θ ← θ − η_m g is the one of :meth:`bachglass.sgd.SGD.step` without a clip, with η
 per member.
 """
 
@@ -28,21 +28,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from bachglass import io, model, probes, sgd, trajectory
+from bachglass import io, model, pack_state, probes, sgd, trajectory
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
 
-MODULES = (
-    "model",
-    "ensemble",
-    "sgd",
-    "trajectory",
-    "probes",
-    "divergence",
-    "stability",
-)  # code whose hash goes into the provenance
 F64 = torch.float64
 VARIABLES = {  # name: (dims, long_name, units)
     "loss": (("time",), "training cross-entropy (full training set)", "nat per note"),
@@ -104,11 +95,13 @@ def scan_cell(
         resume_every=config.steps,
         dtype=dtype,
         device=device,
+        temperature=0.0,
+        init="pytorch",  # validated only: each member's own init is drawn below
     )
     device, dtype = sgd.resolve(cfg)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
     train_set, heldout = model.encode_splits(encoded, layout, dtype, device)
-    data = sgd.Data(train_set, heldout, layout)
+    data = pack_state.Data(train_set, heldout, layout)
     if batch_size > data.train.n_chorales:
         raise ParamsError(
             f"stability.batch_size: {batch_size} is more than the {data.train.n_chorales} training chorales"
@@ -120,8 +113,8 @@ def scan_cell(
     )
     seeds = [seed for _, _, seed in cells]
     # each member its own minibatch stream, seeded by its seed: the same order at every init and η
-    ens = sgd.Ensemble(
-        sgd.make_engine(cfg.cell, depth, width, layout, thetas), data, cfg, list(range(len(cells)))
+    ens = pack_state.PackState(
+        pack_state.make_engine(cfg.cell, depth, width, layout, thetas), data, cfg, list(range(len(cells)))
     )
     for member, seed in zip(ens.members, seeds, strict=True):
         member.rng = np.random.default_rng(seed)
@@ -196,7 +189,7 @@ def _dataset(
     width: int,
     batch_size: int,
     nan_step: np.ndarray,
-    ens: sgd.Ensemble,
+    ens: pack_state.PackState,
     specs: list[model.ParamSpec],
 ) -> xr.Dataset:
     """Label the scan of one (depth, width, B): (depth, width, batch_size, init, lr, seed, time)."""
@@ -240,7 +233,7 @@ def _dataset(
     train_params = {key: getattr(ens.config, key) for key in ("cell", "dtype", "device")}
     params = {"stability": asdict(config), "train": train_params, "depth": depth, "width": width}
     params["batch_size"] = batch_size
-    return xr.Dataset(data, coords, attrs | io.provenance(params, MODULES))
+    return xr.Dataset(data, coords, attrs | io.provenance(params, __file__))
 
 
 def summary(scan: xr.Dataset) -> xr.Dataset:

@@ -19,6 +19,7 @@ from bachglass.critical import critical
 from bachglass.fits import OVER, UNDER, FitsConfig, classify, crossing_time
 from bachglass.loss_fits import power_laws, tail_fits
 from bachglass.observables import learning_time, smoothed_loss
+from bachglass.params import seeds_of
 from bachglass.sgd_floor import FloorConfig, analyse
 from bachglass.trajectory import checkpoint_steps
 
@@ -52,7 +53,7 @@ class Design:
         return cls(
             depths=tuple(params["grid"]["depth"]),
             widths=tuple(params["grid"]["width"]),
-            seeds=len(params["grid"]["seed"]),
+            seeds=len(seeds_of(params["grid"]["seed"])),
             steps=int(params["train"]["steps"]),
             per_decade=int(params["train"]["checkpoints_per_decade"]),
             eps=tuple(params["observables"]["eps"]),
@@ -61,7 +62,7 @@ class Design:
             floor_ref=floor_ref,
             fits=FitsConfig(**params["fits"]),
             aging_widths=tuple(aging["width"]) or tuple(params["grid"]["width"]),
-            aging_seeds=len(aging["seed"]) or len(params["grid"]["seed"]),
+            aging_seeds=len(seeds_of(aging["seed"])) or len(seeds_of(params["grid"]["seed"])),
             aging_steps=int(aging["steps"] or params["train"]["steps"]),
             aging_tau_w=tuple(aging["tau_w"] or params["observables"]["tau_w"]),
             floor=FloorConfig(**params["sgd_floor"]),

@@ -1,6 +1,6 @@
 """SGD training of the networks of one (depth, width): log-spaced snapshots, resume and divergence.
 
-The runs of one pack train as one batched model (:class:`bachglass.sgd.Ensemble`, which holds their
+The runs of one pack train as one batched model (:class:`bachglass.pack_state.PackState`, which holds their
 state and takes the SGD, clip and Langevin steps); :func:`train_runs` drives it: the step loop, the
 records at the checkpoint grid and the trajectory files. A checkpoint at step k records the
 parameters θ_k *before* update k (k = 0 is the initial state, k = steps the final one) and the full
@@ -23,13 +23,12 @@ from tqdm import tqdm
 
 from bachglass import io, model, trajectory
 from bachglass.errors import ParamsError
+from bachglass.pack_state import Data, PackState, Start, make_engine
 from bachglass.resume import align, load, remove_checkpoint, save, stop, stop_signals
-from bachglass.sgd import Data, Ensemble, Start, TrainConfig, make_engine, resolve
+from bachglass.sgd import TrainConfig, resolve
 
 log = logging.getLogger(__name__)
 
-# code whose hash goes into the provenance
-MODULES = ("model", "ensemble", "sgd", "resume", "train", "trajectory")
 ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what training reads of encoded.nc
 
 
@@ -111,7 +110,7 @@ def train_runs(
                 )
             cohort = [seeds[k] for k in members]
             engine = make_engine(config.cell, depth, width, layout, thetas)
-            ens = Ensemble(engine, data, config, cohort, stream=None if start is None else start.stream)
+            ens = PackState(engine, data, config, cohort, stream=None if start is None else start.stream)
             if states[members[0]] is not None:
                 ens.restore([states[k] for k in members])
             paths = [checkpoints[k] for k in members]
@@ -133,7 +132,7 @@ def run_identities(
     """
     device, _ = resolve(config)
     base = asdict(config) | {"depth": depth, "width": width}
-    base |= {"data_sha256": _data_sha256(encoded), "code_sha256": io.code_sha256(MODULES)}
+    base |= {"data_sha256": _data_sha256(encoded), "code_sha256": io.code_sha256(io.code_modules(__file__))}
     base |= {"torch": str(torch.__version__), "device_used": str(device)}
     return [base | {"seed": seed} for seed in seeds]
 
@@ -149,13 +148,13 @@ def train_pack(
     checkpoints = io.checkpoint_paths(output, seeds)
     runs = train_runs(encoded, depth, width, seeds, config, checkpoints)
     params = {"train": asdict(config), "depth": depth, "width": width, "seed": seeds}
-    io.write_netcdf(trajectory.pack(runs, io.provenance(params, MODULES)), output)
+    io.write_netcdf(trajectory.pack(runs, io.provenance(params, __file__)), output)
     for checkpoint in checkpoints:
         remove_checkpoint(checkpoint)
 
 
 def _train(
-    ens: Ensemble,
+    ens: PackState,
     grid: np.ndarray,
     checkpoints: list[Path | None],
     identities: list[dict[str, Any]],
@@ -200,21 +199,21 @@ def _train(
             )
 
 
-def _log_temperature(ens: Ensemble, name: str) -> None:
+def _log_temperature(ens: PackState, name: str) -> None:
     """Log the Langevin temperature and the noise it adds per step (or that there is none)."""
     config = ens.config
-    if ens.noise is None:
+    if ens.optimizer.noise is None:
         log.info("%s: temperature 0, plain (S)GD without noise", name)
         return
     log.info(
         "%s: Langevin temperature T = %g nats per note: θ += %.4g·ξ per step, = sqrt(2 T lr / P) with "
         "lr = %g and P = %d scored training notes",
-        *(name, config.temperature, ens.noise_scale, config.lr, ens.n_scored_notes),
+        *(name, config.temperature, ens.optimizer.noise_scale, config.lr, ens.n_scored_notes),
     )
 
 
 def _loop(
-    ens: Ensemble,
+    ens: PackState,
     grid: np.ndarray,
     checkpoints: list[Path | None],
     identities: list[dict[str, Any]],
@@ -255,7 +254,7 @@ def _data_sha256(encoded: xr.Dataset) -> str:
 
 
 def _trajectory(
-    ens: Ensemble,
+    ens: PackState,
     m: int,
     grid: np.ndarray,
     specs: list[model.ParamSpec],
@@ -288,4 +287,4 @@ def _trajectory(
     params = {"train": asdict(ens.config), **{k: identity[k] for k in ("depth", "width", "seed")}}
     if "origin" in identity:  # a restart: what it continues
         attrs["origin"] = params["origin"] = identity["origin"]
-    return trajectory.run_dataset(member.records, grid, coords, attrs | io.provenance(params, MODULES))
+    return trajectory.run_dataset(member.records, grid, coords, attrs | io.provenance(params, __file__))

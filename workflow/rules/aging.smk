@@ -7,7 +7,7 @@ use rule extract_observables as extract_aging_observables with:
     input:
         trajectory=upstream(f"{AGING_RUN}/trajectory.nc"),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("observables", "divergence", "two_time", "probes", "model", "trajectory"),
+        code=code("extract_observables.py"),
     output:
         observables=f"{AGING_RUN}/observables.nc",
     log:
@@ -21,7 +21,7 @@ use rule extract_observables as extract_aging_observables with:
 use rule combine_study as combine_aging with:
     input:
         observables=upstream(aging_runs("observables.nc")),
-        code=code("observables", "divergence", "two_time"),
+        code=code("combine_study.py"),
     output:
         study="results/aging.nc",
     log:

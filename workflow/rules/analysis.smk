@@ -6,19 +6,7 @@ rule fit_study:
         aging=upstream(aging_study()),
         floor=upstream(floor_files()),
         restarts=upstream(restart_files()),
-        code=code(
-            "fits",
-            "loss_fits",
-            "critical",
-            "exponent",
-            "aging",
-            "observables",
-            "divergence",
-            "two_time",
-            "phases",
-            "sgd_floor",
-            "floor_runs",
-        ),
+        code=code("fit_study.py"),
     output:
         fits="results/fits.nc",
         metrics="results/metrics.json",
@@ -41,7 +29,7 @@ rule propose_widths:
     """New widths where the w_c* interval is widest: `python -m bachglass.adaptive --apply` adds them."""
     input:
         fits=upstream(rules.fit_study.output.fits),
-        code=code("adaptive", "params"),
+        code=code("propose_widths.py"),
     output:
         proposals="results/proposed_widths.yaml",
     log:
@@ -61,7 +49,7 @@ rule check_science:
     """The paper's qualitative claims (docs/science.md §6, checks 1-7) judged on the fits: PASS or FAIL."""
     input:
         fits=upstream(rules.fit_study.output.fits),
-        code=code("checks", "checks_table", "legacy_checks", "critical", "exponent", "fits", "loss_fits"),
+        code=code("check_science.py"),
     output:
         table=report("results/science_checks.md", caption="../report/science_checks.rst", category="Checks"),
     log:
@@ -82,7 +70,7 @@ rule plot_figures:
         aging=upstream(aging_study()),
         langevin=upstream(langevin_study()),
         stability=upstream(stability_study()),
-        code=code(*FIGURE_MODULES, "fits", "loss_fits"),
+        code=code("plot_figures.py"),
     output:
         figures=figure_files(),
     log:

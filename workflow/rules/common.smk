@@ -12,7 +12,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
 
 from bachglass.errors import ParamsError
-from bachglass.io import params_sha256
+from bachglass.io import code_modules, params_sha256
 from bachglass.params import pack_seeds, validate_params
 
 try:
@@ -32,19 +32,6 @@ DATA = "results/data"
 FIGURES = "results/figures"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
-FIGURE_MODULES = [
-    "figures",
-    "figures_layout",
-    "figures_loss",
-    "figures_transition",
-    "figures_aging",
-    "figures_glass",
-    "figures_sgd",
-    "langevin",
-    "observables",
-    "divergence",
-    "two_time",
-]
 FIGURE_NAMES = [  # docs/science.md §1.8, in its order; figures.FIGURES draws them
     "loss_curves",
     "power_laws",
@@ -195,12 +182,12 @@ def pack_size(wildcards):
     return len(pack_seeds(wildcards.seeds))
 
 
-def code(*modules):
-    """Library modules whose content determines a rule's output (edits re-run the rule).
-
-    io (file format, provenance) and errors are used by every step, so they are always included.
-    """
-    return upstream([f"src/bachglass/{module}.py" for module in (*modules, "io", "errors")])
+def code(*scripts):
+    """The library modules that the step scripts `scripts` run (bachglass.io.code_modules): an edit of
+    one re-runs the rule. The imports are the one list; the outputs' code_sha256 hashes the same."""
+    folder = Path(workflow.basedir) / "workflow/scripts"
+    modules = sorted({module for script in scripts for module in code_modules(folder / script)})
+    return upstream([f"src/bachglass/{module}.py" for module in modules])
 
 
 def staging(sections, name):

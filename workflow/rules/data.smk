@@ -9,7 +9,7 @@ rule get_chorales:
     """Acquire the chorales (music21 corpus, a checksummed download, or the user's scores) and a manifest."""
     input:
         scores=score_files,
-        code=code("chorales"),
+        code=code("get_chorales.py"),
     output:
         chorales=temp(staging(["data", "encoding"], "chorales.json")),
         manifest=temp(staging(["data", "encoding"], "manifest.tsv")),
@@ -32,7 +32,7 @@ rule encode_chorales:
     """Quantise, transpose, split and tokenise the chorales; compute the memoriser loss floor."""
     input:
         chorales=rules.get_chorales.output.chorales,
-        code=code("encoding"),
+        code=code("encode_chorales.py"),
     output:
         encoded=temp(staging(["data", "encoding"], "encoded.nc")),
     log:
@@ -53,7 +53,7 @@ rule publish_data:
         staged=[*rules.get_chorales.output, rules.encode_chorales.output.encoded],
         scores=score_files,
         # what decides the staged files, for Snakemake's triggers (their rules' outputs are gone)
-        code=code("chorales", "encoding"),
+        code=code("get_chorales.py", "encode_chorales.py", "publish_data.py"),
         scripts=[f"workflow/scripts/{step}.py" for step in ("get_chorales", "encode_chorales")],
     output:
         chorales=f"{DATA}/chorales/chorales.json",

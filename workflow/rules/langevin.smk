@@ -7,7 +7,7 @@ use rule extract_observables as extract_langevin_observables with:
     input:
         trajectory=upstream(f"{LANGEVIN_RUN}/trajectory.nc"),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("observables", "divergence", "two_time", "probes", "model", "trajectory"),
+        code=code("extract_observables.py"),
     output:
         observables=f"{LANGEVIN_RUN}/observables.nc",
     log:
@@ -23,7 +23,7 @@ rule combine_langevin:
     """All Langevin runs' observables in one dataset along (temperature, depth, width, seed)."""
     input:
         observables=upstream(langevin_runs("observables.nc")),
-        code=code("observables", "divergence", "two_time", "langevin"),
+        code=code("combine_langevin.py"),
     output:
         study="results/langevin.nc",
     log:

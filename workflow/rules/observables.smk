@@ -3,7 +3,7 @@ rule extract_observables:
     input:
         trajectory=upstream(f"{RUN}/trajectory.nc"),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("observables", "divergence", "two_time", "probes", "model", "trajectory"),
+        code=code("extract_observables.py"),
     output:
         observables=f"{RUN}/observables.nc",
     log:
@@ -24,7 +24,7 @@ rule combine_study:
     """All runs' observables in one labelled dataset along (depth, width, seed)."""
     input:
         observables=upstream(all_runs("observables.nc")),
-        code=code("observables", "divergence", "two_time"),
+        code=code("combine_study.py"),
     output:
         study="results/study.nc",
     log:

@@ -11,7 +11,7 @@ rule train_floor:
     """The floor runs of one (lr, batch size): every seed of sgd_floor as one batched model."""
     input:
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "sgd", "resume", "train", "trajectory", "floor_runs"),
+        code=code("floor_runs.py"),
     output:
         runs=f"{FLOOR}/{FLOOR_ID}.nc",
     log:
@@ -33,7 +33,7 @@ rule restart_floor:
     input:
         parent=upstream(floor_parent()),
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "sgd", "resume", "train", "trajectory", "floor_runs"),
+        code=code("floor_runs.py"),
     output:
         runs=f"{FLOOR}/restart_x{{factor}}.nc",
     log:

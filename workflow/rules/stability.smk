@@ -6,7 +6,7 @@ rule scan_stability:
     """Every (init, lr, seed) of one (depth, width, batch size), unclipped: divergence, unsafe steps, sharpness."""
     input:
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "sgd", "trajectory", "probes", "divergence", "stability"),
+        code=code("scan_stability.py"),
     output:
         scan=f"{STABILITY_CELL}.nc",
     log:
@@ -27,7 +27,7 @@ rule combine_stability:
     """The scan's cells in one dataset, and its table (a row per depth, width, batch size, init and lr)."""
     input:
         scans=upstream(stability_cells()),
-        code=code("stability"),
+        code=code("combine_stability.py"),
     output:
         scan="results/stability.nc",
         table="results/stability.md",

@@ -7,7 +7,7 @@ rule train_pack:
     """One seed pack of one (depth, width) of the grid, trained by SGD as one batched model."""
     input:
         encoded=upstream(rules.publish_data.output.encoded),
-        code=code("model", "ensemble", "sgd", "resume", "train", "trajectory"),
+        code=code("train_pack.py"),
     output:
         trajectory=f"{RUN}/trajectory.nc",
     log:

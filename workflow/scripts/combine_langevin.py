@@ -13,9 +13,7 @@ def main() -> None:
     """Read all Langevin runs' observables and write them along (temperature, depth, width, seed)."""
     runs = [io.read_netcdf(path) for path in snakemake.input.observables]
     grid = snakemake.params.grid
-    sweep = langevin.combine_sweep(
-        runs, provenance=io.provenance(grid, ["observables", "divergence", "langevin"])
-    )
+    sweep = langevin.combine_sweep(runs, provenance=io.provenance(grid, __file__))
     io.write_netcdf(sweep, snakemake.output.study)
 
 

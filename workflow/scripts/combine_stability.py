@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 def main() -> None:
     """Read every cell, tile them along (depth, width, batch_size), write the dataset and the table."""
     scan = stability.combine([io.read_netcdf(path) for path in snakemake.input.scans])
-    scan.attrs |= io.provenance(snakemake.params.grid, ["stability"])
+    scan.attrs |= io.provenance(snakemake.params.grid, __file__)
     io.write_netcdf(scan, snakemake.output.scan)
     io.write_text(stability.table(scan), snakemake.output.table)
 

@@ -12,9 +12,7 @@ if TYPE_CHECKING:
 def main() -> None:
     """Read all runs' observables and write them as one dataset along (depth, width, seed)."""
     runs = [io.read_netcdf(path) for path in snakemake.input.observables]
-    study = observables.combine_runs(
-        runs, provenance=io.provenance(snakemake.params.grid, ["observables", "divergence"])
-    )
+    study = observables.combine_runs(runs, provenance=io.provenance(snakemake.params.grid, __file__))
     io.write_netcdf(study, snakemake.output.study)
 
 

@@ -15,7 +15,7 @@ def main() -> None:
     encoded = encoding.encode(
         io.read_chorales(snakemake.input.chorales),
         encoding.EncodingConfig(**params),
-        provenance=io.provenance(params, ["chorales", "encoding"]),
+        provenance=io.provenance(params, __file__),
     )
     io.write_netcdf(encoded, snakemake.output.encoded)
 

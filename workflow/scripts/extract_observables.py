@@ -10,8 +10,6 @@ from bachglass.errors import run_step
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-MODULES = ["observables", "divergence", "two_time", "probes", "model", "trajectory"]
-
 
 def main() -> None:
     """Per run of the pack: probes, then observables; written as one file along ``seed``."""
@@ -19,7 +17,7 @@ def main() -> None:
     params = snakemake.params.observables
     packed = io.read_netcdf(snakemake.input.trajectory, required=observables.TRAJECTORY_VARS)
     encoded = io.read_netcdf(snakemake.input.encoded, required=probes.ENCODED_VARIABLES)
-    provenance = io.provenance({**params, "probes": snakemake.params.probes}, MODULES)
+    provenance = io.provenance({**params, "probes": snakemake.params.probes}, __file__)
     config, probes_config = (
         observables.ObservablesConfig(**params),
         probes.ProbesConfig(**snakemake.params.probes),

@@ -36,7 +36,7 @@ def main() -> None:
     if floor is not None:
         result = result.merge(floor, combine_attrs="override").assign_attrs(**floor.attrs)
     params = {k: snakemake.params[k] for k in ("fits", "phases", "sgd_floor")}
-    result.attrs |= io.provenance(params, (*fits.MODULES, "phases", "sgd_floor", "floor_runs"))
+    result.attrs |= io.provenance(params, __file__)
     metrics = fits.metrics(result) | phases.metrics(labelled) | sgd_floor.metrics(floor)
     io.write_netcdf(result, snakemake.output.fits)
     io.write_json(metrics, snakemake.output.metrics)

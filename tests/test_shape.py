@@ -1,0 +1,98 @@
+"""The code's shape: modules of one job and a bounded size, no import cycle, each list in one place."""
+
+import ast
+import dataclasses
+import re
+
+import pytest
+import yaml
+from workflow_helpers import ROOT
+
+from bachglass import (
+    encoding,
+    figures,
+    fits_config,
+    io,
+    observables,
+    phases,
+    probes,
+    sgd,
+    sgd_floor,
+    stability,
+)
+
+PACKAGE = ROOT / "src/bachglass"
+MAX_LINES = 400
+
+
+def direct_imports(module: str) -> set[str]:
+    """The bachglass modules ``module`` imports itself (code_modules' first step)."""
+    found = set()
+    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "bachglass":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bachglass."):
+            found.add(node.module.split(".")[1])
+    return found & {p.stem for p in PACKAGE.glob("*.py")}
+
+
+def test_no_module_is_longer_than_400_lines():
+    long = {p.name: n for p in PACKAGE.glob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_no_import_cycle_even_for_type_checkers_or_inside_functions():
+    graph = {p.stem: direct_imports(p.stem) - {p.stem} for p in PACKAGE.glob("*.py")}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            pytest.fail(f"import cycle: {' -> '.join([*path[path.index(module) :], module])}")
+        if module not in done:
+            for imported in sorted(graph[module]):
+                visit(imported, [*path, module])
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_code_modules_follow_every_import_but_the_type_checkers():
+    assert io.code_modules(ROOT / "workflow/scripts/publish_data.py") == ["errors"]
+    train = io.code_modules(PACKAGE / "train.py")
+    assert {"train", "pack_state", "sgd", "ensemble", "model", "resume", "trajectory", "io"} <= set(train)
+    assert "critical" not in io.code_modules(PACKAGE / "exponent.py")  # a Protocol, not an import
+
+
+@pytest.mark.parametrize(
+    ("section", "config"),
+    [
+        ("encoding", encoding.EncodingConfig),
+        ("train", sgd.TrainConfig),
+        ("observables", observables.ObservablesConfig),
+        ("probes", probes.ProbesConfig),
+        ("phases", phases.PhasesConfig),
+        ("fits", fits_config.FitsConfig),
+        ("sgd_floor", sgd_floor.FloorConfig),
+        ("stability", stability.ScanConfig),
+    ],
+)
+def test_each_params_section_is_read_into_a_dataclass_of_its_keys_without_defaults(section, config):
+    """params.yaml holds every default; the dataclasses only name the keys."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fields = dataclasses.fields(config)
+    assert {f.name for f in fields} == set(params[section])
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+
+
+def test_every_list_of_the_figures_is_the_figures_module():
+    names = list(figures.FIGURES)
+    common = (ROOT / "workflow/rules/common.smk").read_text()
+    listed = re.search(r"FIGURE_NAMES = \[(.*?)\]", common, re.S).group(1)
+    assert re.findall(r'"(\w+)"', listed) == names
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    assert plots == [f"results/figures/{name}.png" for name in names]
+    captions = {p.stem for p in (ROOT / "workflow/report").glob("*.rst")} - {"workflow", "science_checks"}
+    assert captions == set(names)
+    results_doc = (ROOT / "docs/results.md").read_text()
+    assert [name for name in names if f"`{name}" not in results_doc] == []
