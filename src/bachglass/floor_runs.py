@@ -16,8 +16,8 @@ import xarray as xr
 from bachglass import trajectory
 from bachglass.errors import DataError, ParamsError
 
-# of train: what the floor runs take from the study's trainer (lr, B, steps and the clip are their own)
-TRAIN_KEYS = ("cell", "init", "checkpoints_per_decade", "resume_every", "dtype", "device", "temperature")
+# of train, the floor runs' own (the rest of the section is the study's dynamics, which they share)
+OWN_KEYS = ("lr", "batch_size", "steps", "clip_norm")
 SETTING_KEYS = ("depth", "width", "seed", "steps")  # of sgd_floor: what a floor setting's runs read
 RESTART_KEYS = (
     "depth",
@@ -46,10 +46,11 @@ def combine_seeds(trajectories: Sequence[xr.Dataset], params: dict[str, Any]) ->
 
 
 def _config(train_params: dict[str, Any], **own: Any) -> Any:
-    """Build the trainer's config: the study's :data:`TRAIN_KEYS`, then the floor run's own."""
+    """Build the trainer's config: the study's train section but for :data:`OWN_KEYS`, then the run's own."""
     from bachglass import sgd  # torch: only the training steps need it
 
-    return sgd.TrainConfig(**{k: train_params[k] for k in TRAIN_KEYS}, clip_norm=None, **own)
+    shared = {k: v for k, v in train_params.items() if k not in OWN_KEYS}
+    return sgd.TrainConfig(**shared, clip_norm=None, **own)
 
 
 def train_setting(

@@ -46,6 +46,11 @@ class TrainConfig:
     temperature: float  # Langevin T, nats per note; 0: plain (S)GD, no random numbers drawn
     init: str  # model.INITS: the recurrent weights' initialisation
 
+    @classmethod
+    def plain(cls, **keys: Any) -> "TrainConfig":
+        """Return plain SGD (no Langevin noise, the default initialisation) with ``keys`` for the rest."""
+        return cls(**{"temperature": 0.0, "init": "pytorch"} | keys)
+
 
 def resolve(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
     """Device (``auto``: CUDA when present, else CPU) and dtype of a run."""

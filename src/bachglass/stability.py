@@ -85,7 +85,7 @@ def scan_cell(
     """
     if not batch_size >= 1:
         raise ParamsError(f"stability.batch_size: {batch_size} must be at least 1")
-    cfg = sgd.TrainConfig(
+    cfg = sgd.TrainConfig.plain(
         cell=cell,
         lr=1.0,  # each member's own η is applied below
         batch_size=batch_size,
@@ -95,9 +95,7 @@ def scan_cell(
         resume_every=config.steps,
         dtype=dtype,
         device=device,
-        temperature=0.0,
-        init="pytorch",  # validated only: each member's own init is drawn below
-    )
+    )  # its init is validated only: each member's own is drawn below
     device, dtype = sgd.resolve(cfg)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
     train_set, heldout = model.encode_splits(encoded, layout, dtype, device)

@@ -4,7 +4,7 @@
 # sgd_floor only what decides the training (an edit of the fit window re-trains nothing).
 
 from bachglass.floor_runs import RESTART_KEYS, SETTING_KEYS
-from bachglass.floor_runs import TRAIN_KEYS as FLOOR_TRAIN_KEYS
+from bachglass.floor_runs import OWN_KEYS as FLOOR_OWN_KEYS
 
 
 rule train_floor:
@@ -23,7 +23,7 @@ rule train_floor:
     threads: 1
     params:
         sgd_floor={key: config["sgd_floor"][key] for key in SETTING_KEYS},
-        train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
+        train={key: value for key, value in config["train"].items() if key not in FLOOR_OWN_KEYS},
     script:
         "../scripts/floor_runs.py"
 
@@ -45,6 +45,6 @@ rule restart_floor:
     threads: 1
     params:
         sgd_floor={key: config["sgd_floor"][key] for key in RESTART_KEYS},
-        train={key: config["train"][key] for key in FLOOR_TRAIN_KEYS},
+        train={key: value for key, value in config["train"].items() if key not in FLOOR_OWN_KEYS},
     script:
         "../scripts/floor_runs.py"
