@@ -81,7 +81,7 @@ class Packed:
         self, depth: int, width: int, data: model.Batch, args: argparse.Namespace, size: int
     ) -> None:
         layout = model.HeadLayout(VOCAB)
-        config = sgd.TrainConfig(
+        config = sgd.TrainConfig.plain(
             cell="rnn_tanh",
             lr=args.lr,
             batch_size=args.batch,
@@ -91,8 +91,6 @@ class Packed:
             resume_every=10**9,
             dtype="float32",
             device=str(data.x.device.type),
-            temperature=0.0,
-            init="pytorch",
         )
         specs = model.param_specs("rnn_tanh", depth, width, VOCAB)
         thetas = torch.stack(

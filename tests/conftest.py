@@ -158,10 +158,8 @@ def train_config(**overrides):
         resume_every=25,
         dtype="float32",
         device="cpu",
-        temperature=0.0,
-        init="pytorch",
     )
-    return TrainConfig(**(base | overrides))
+    return TrainConfig.plain(**(base | overrides))
 
 
 class Interrupted(Exception):

@@ -34,7 +34,7 @@ from bachglass.sgd import TrainConfig
 
 DEPTH, WIDTH, SEEDS = 2, 8, [0, 1]
 START = "training starts"  # on stderr once the imports and the data are done
-CONFIG = TrainConfig(
+CONFIG = TrainConfig.plain(
     cell="rnn_tanh",
     lr=0.5,
     batch_size=4,  # minibatches: the permutation and its position must be restored too
@@ -44,8 +44,6 @@ CONFIG = TrainConfig(
     resume_every=7,
     dtype="float32",
     device="cpu",
-    temperature=0.0,
-    init="pytorch",
 )
 
 
