@@ -21,7 +21,7 @@ from bachglass.observables import (
     smoothed_loss,
     snap_to_grid,
 )
-from bachglass.two_time import LAG_COORD, msd, on_lag_grid, relaxation_time, two_time_observables
+from bachglass.two_time import LAG_COORD, SUMS, msd, on_lag_grid, relaxation_time, two_time_observables
 
 CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.05], smoothing_decades=0.1, tau_w=[10, 30, 100], overlap_f=100)
 PROVENANCE = {"params_sha256": "abc", "bachglass_version": "0.1.0"}
@@ -347,10 +347,8 @@ def test_run_observables_layout_and_io_round_trip(tmp_path):
         "msd_normalised": (*run, "tau_w", "time"),
         "msd_normalised_lag": (*run, "tau_w", "lag"),
         "theta_sq_mean": (*run, "time"),
-        **{v: (*run, "tau_w", "time") for v in ("quartic", "y_ratio", "alpha2", "overlap", "cosine")},
-        **{
-            f"{v}_group": (*run, "group", "tau_w", "time") for v in ("quartic", "alpha2", "overlap", "cosine")
-        },
+        **{v: (*run, "tau_w", "time") for v in (*SUMS[1:], "y_ratio", "alpha2")},
+        **{f"{v}_group": (*run, "group", "tau_w", "time") for v in (*SUMS[1:], "alpha2")},
         "overlap_eps": (*run, "tau_w"),
         "overlap_eps_group": (*run, "group", "tau_w"),
         "overlap_lag": (*run, "tau_w", "lag"),
@@ -573,9 +571,7 @@ def test_combine_runs_tiles_the_grid_without_leaking_group(study, tmp_path):
 
 def test_combine_runs_pads_the_group_variables_of_shallower_runs(study):
     names = [v for v in study.data_vars if "group" in study[v].dims and v != "n_parameters_group"]
-    assert sorted(names) == sorted(
-        f"{v}_group" for v in ("msd", "quartic", "alpha2", "overlap", "overlap_eps", "cosine")
-    )
+    assert sorted(names) == sorted(f"{v}_group" for v in (*SUMS, "alpha2", "overlap_eps"))
     for name in names:
         assert study[name].dims[:4] == ("depth", "width", "seed", "group"), name
         assert study[name].sel(depth=1, group="layer2").isnull().all(), name
