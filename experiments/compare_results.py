@@ -30,15 +30,27 @@ def same_values(a: xr.DataArray, b: xr.DataArray) -> bool:
     return bool(np.array_equal(a.values, b.values))
 
 
+def moved(a: xr.Dataset, b: xr.Dataset, name: str) -> bool:
+    """Whether ``name``, an attribute shared by every run in ``a``, is a per-run variable of ``b`` now."""
+    return (
+        name in a.attrs and name not in a.variables and name in b and bool((b[name] == a.attrs[name]).all())
+    )
+
+
 def compare_netcdf(old: Path, new: Path) -> tuple[list[str], list[str], list[str]]:
-    """Variables that differ, attributes that differ, provenance attributes that differ."""
+    """Variables that differ, attributes that differ, provenance attributes that differ.
+
+    An attribute of the old file that the new one keeps as a variable with the same value for every run
+    (a pack file's status, diverged_step, ensemble_size) counts as the same.
+    """
     with xr.open_dataset(old) as a, xr.open_dataset(new) as b:
         names = sorted(set(a.variables) | set(b.variables))
-        variables = [
+        differ_vars = [
             n for n in names if n not in a.variables or n not in b.variables or not same_values(a[n], b[n])
         ]
+        variables = [n for n in differ_vars if not moved(a, b, n)]
         keys = sorted(set(a.attrs) | set(b.attrs))
-        differ = [k for k in keys if str(a.attrs.get(k)) != str(b.attrs.get(k))]
+        differ = [k for k in keys if str(a.attrs.get(k)) != str(b.attrs.get(k)) and not moved(a, b, k)]
     return variables, [k for k in differ if k not in PROVENANCE], [k for k in differ if k in PROVENANCE]
 
 

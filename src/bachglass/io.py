@@ -112,7 +112,7 @@ def code_modules(path: str | Path) -> list[str]:
     if todo[0].resolve().parent == PACKAGE_DIR:
         found.add(todo[0].stem)
     while todo:
-        tree = ast.parse(todo.pop().read_text())
+        tree = ast.parse(todo.pop().read_bytes())
         typing_only = {
             id(node)
             for block in ast.walk(tree)

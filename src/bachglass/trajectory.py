@@ -100,12 +100,21 @@ def pack(runs: Sequence[xr.Dataset], provenance: dict[str, Any]) -> xr.Dataset:
         compat="override",
         join="exact",
     )
-    shared = {
-        key: value
-        for key, value in runs[0].attrs.items()
-        if key not in PER_RUN and all(np.array_equal(run.attrs.get(key), value) for run in runs)
-    }
+    shared = {key: value for key, value in runs[0].attrs.items() if key not in PER_RUN}
+    differ = sorted(
+        key
+        for key in {k for run in runs for k in run.attrs} - set(PER_RUN) - set(provenance)
+        if not all(_same(run.attrs.get(key), shared.get(key)) for run in runs)
+    )
+    if differ:
+        raise DataError(f"trajectory: the runs of a pack differ in {', '.join(differ)}; train them apart")
     return packed.assign(per_run).assign_attrs({**shared, **provenance})
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two attribute values are equal (NaN equal to NaN)."""
+    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return both_nan or bool(np.array_equal(a, b))
 
 
 def runs(packed: xr.Dataset) -> list[xr.Dataset]:

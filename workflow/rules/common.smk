@@ -184,7 +184,7 @@ def pack_size(wildcards):
 
 def code(*scripts):
     """The library modules that the step scripts `scripts` run (bachglass.io.code_modules): an edit of
-    one re-runs the rule. The imports are the one list; the outputs' code_sha256 hashes the same."""
+    one re-runs the rule. The imports are the one list (dvc.yaml's deps are tested equal to it)."""
     folder = Path(workflow.basedir) / "workflow/scripts"
     modules = sorted({module for script in scripts for module in code_modules(folder / script)})
     return upstream([f"src/bachglass/{module}.py" for module in modules])
