@@ -20,6 +20,7 @@ from workflow_helpers import TINY, copy_project, run
 
 from bachglass import figures, io
 from bachglass.params import deep_merge
+from bachglass.trajectory import runs as trajectory_runs
 
 pytestmark = pytest.mark.slow
 SMK = ["snakemake", "--cores", "2"]
@@ -183,7 +184,7 @@ def test_a_diverging_run_stops_is_masked_and_left_out_and_the_study_completes(tm
     for d in (1, 2):
         for w in (2, 8):
             run_dir = repo / f"results/runs/d{d}_w{w}_s0"
-            trajectory = io.read_netcdf(run_dir / "trajectory.nc")
+            (trajectory,) = trajectory_runs(io.read_netcdf(run_dir / "trajectory.nc"))  # a pack of one
             observables = io.read_netcdf(run_dir / "observables.nc").squeeze(("depth", "width", "seed"))
             k = trajectory.attrs["diverged_step"]
             assert trajectory.attrs["status"] == ("diverged" if w == 8 else "completed")
@@ -224,8 +225,9 @@ def expected_divergence(trajectory) -> int:
 def aging_divergence(repo: Path) -> list[tuple[int, int]]:
     """(seed, diverged step) of the aging subset's runs that diverged."""
     steps = []
-    for seed in (0, 1):
-        first = expected_divergence(io.read_netcdf(repo / f"results/aging/d1_w8_s{seed}/trajectory.nc"))
+    pack = io.read_netcdf(repo / "results/aging/d1_w8_s0-1/trajectory.nc")
+    for seed, trajectory in zip((0, 1), trajectory_runs(pack), strict=True):
+        first = expected_divergence(trajectory)
         if first >= 0:
             steps.append((seed, first))
     return steps
