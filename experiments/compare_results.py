@@ -7,9 +7,14 @@ number. This walks the combined files (``study.nc``, ``aging.nc``, ``langevin.nc
 the attributes that differ; the provenance attributes (code and params hashes) are listed apart.
 
     python experiments/compare_results.py /path/to/old/results /path/to/new/results
+    python experiments/compare_results.py --digest results   # one value hash per file, to compare later
+
+The value hash covers every variable's name, dims, dtype and bytes (attributes left out), so a study
+recomputed by other code, or on another day, can be checked against one that is gone.
 """
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -54,12 +59,41 @@ def compare_netcdf(old: Path, new: Path) -> tuple[list[str], list[str], list[str
     return variables, [k for k in differ if k not in PROVENANCE], [k for k in differ if k in PROVENANCE]
 
 
+def value_digest(path: Path) -> str:
+    """SHA-256 over every variable's name, dims, dtype and values (no attributes)."""
+    digest = hashlib.sha256()
+    with xr.open_dataset(path) as ds:
+        for name in sorted(ds.variables):
+            var = ds[name]
+            digest.update(f"{name}|{var.dims}|{var.dtype}|{var.shape}".encode())
+            digest.update(
+                np.ascontiguousarray(var.values).tobytes()
+                if var.dtype.kind != "O"
+                else str(var.values.tolist()).encode()
+            )
+    return digest.hexdigest()
+
+
+def digests(folder: Path) -> None:
+    """Print the value hash of every combined file and the SHA-256 of every report in ``folder``."""
+    for pattern in COMBINED:
+        for path in sorted(folder.glob(pattern)):
+            print(f"{value_digest(path)}  {path.relative_to(folder)}")
+    for name in TEXT:
+        if (folder / name).exists():
+            print(f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {name} (bytes)")
+
+
 def main() -> int:
     """Compare the two folders; exit 1 if a value or a report differs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old", type=Path)
-    parser.add_argument("new", type=Path)
+    parser.add_argument("new", type=Path, nargs="?")
+    parser.add_argument("--digest", action="store_true", help="print value hashes of the one folder given")
     args = parser.parse_args()
+    if args.digest or args.new is None:
+        digests(args.old)
+        return 0
     failed = False
     for pattern in COMBINED:
         for old in sorted(args.old.glob(pattern)):
