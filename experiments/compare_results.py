@@ -8,6 +8,7 @@ the attributes that differ; the provenance attributes (code and params hashes) a
 
     python experiments/compare_results.py /path/to/old/results /path/to/new/results
     python experiments/compare_results.py --digest results   # one value hash per file, to compare later
+    python experiments/compare_results.py --packs old/results new/results  # per-run files vs pack files
 
 The value hash covers every variable's name, dims, dtype and bytes (attributes left out), so a study
 recomputed by other code, or on another day, can be checked against one that is gone.
@@ -84,13 +85,48 @@ def digests(folder: Path) -> None:
             print(f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {name} (bytes)")
 
 
+def compare_packs(old: Path, new: Path) -> bool:
+    """Compare the pack files of ``new`` run by run with the per-run files of ``old``; True if all equal.
+
+    ``new``: ``d2_w8_s0-2/trajectory.nc`` and ``observables.nc``; ``old``: ``d2_w8_s0/...``, the layout
+    before seed packs.
+    """
+    from bachglass.params import pack_seeds
+    from bachglass.trajectory import runs
+
+    same = True
+    for path in sorted(new.rglob("*_s*/*.nc")):
+        stem, seeds = path.parent.name.rsplit("_s", 1)
+        packed = xr.open_dataset(path).load()
+        parts = (
+            runs(packed)
+            if path.name == "trajectory.nc"
+            else [packed.sel(seed=[s]) for s in pack_seeds(seeds)]
+        )
+        for seed, run in zip(pack_seeds(seeds), parts, strict=True):
+            before = old / path.parent.relative_to(new).parent / f"{stem}_s{seed}" / path.name
+            if not before.exists():
+                continue
+            with xr.open_dataset(before) as ref:
+                differ = [v for v in ref.data_vars if v not in run or not same_values(ref[v], run[v])]
+            same &= not differ
+            verdict = "same values" if not differ else f"DIFFERENT {differ}"
+            print(f"{path.relative_to(new)} seed {seed}: {verdict}")
+    return same
+
+
 def main() -> int:
     """Compare the two folders; exit 1 if a value or a report differs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path, nargs="?")
     parser.add_argument("--digest", action="store_true", help="print value hashes of the one folder given")
+    parser.add_argument(
+        "--packs", action="store_true", help="compare pack files with the per-run files of old"
+    )
     args = parser.parse_args()
+    if args.packs:
+        return 0 if compare_packs(args.old, args.new) else 1
     if args.digest or args.new is None:
         digests(args.old)
         return 0
