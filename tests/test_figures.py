@@ -3,9 +3,9 @@ import logging
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import checkpoint_steps, fits_config, make_trajectory
+from conftest import fits_config, make_trajectory
 
-from bachglass import figures, io, phases
+from bachglass import figures, io, langevin, phases
 from bachglass.figures_aging import examples
 from bachglass.figures_layout import (
     CENSORED,
@@ -17,6 +17,7 @@ from bachglass.figures_layout import (
 )
 from bachglass.fits import OVER, fit_study
 from bachglass.observables import RUN_DIMS, ObservablesConfig, combine_runs, run_observables
+from bachglass.trajectory import checkpoint_steps
 
 CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.03], smoothing_decades=0.1, tau_w=[10, 100], overlap_f=100)
 FITS = fits_config(window_start=[100, 30], min_widths=2, extrapolation_eps=2, aging_tau_w_min=10, mu_max=2.0)
@@ -332,7 +333,8 @@ def test_phase_map_colours_every_grid_point(data, tmp_path):
 def test_langevin_figure_rescales_time_by_tau_e(data, tmp_path):
     study, _ = data
     sweep = synthetic_sweep(study)
-    fig = figures.langevin_tts(sweep)
+    fits = langevin.relaxation_fits(sweep)
+    fig = figures.langevin_tts(sweep, fits)
     saved(fig, tmp_path, "langevin_tts")
     raw, scaled = fig.axes[0], fig.axes[1]
     assert scaled.get_xlabel() == "t / τ_e(T)"
@@ -341,5 +343,6 @@ def test_langevin_figure_rescales_time_by_tau_e(data, tmp_path):
         tau_e = sweep["tau_e"].sel(temperature=t, tau_w=tau_w).values.ravel()
         tau_e = np.exp(np.log(tau_e[np.isfinite(tau_e)]).mean())  # geometric mean over the seeds
         np.testing.assert_allclose(b.get_xdata(), a.get_xdata() / tau_e)
-    assert any("slope" in t for t in legend_texts(fig))
+    slope = float(fits["langevin_tau_e_exponent"].sel(langevin_tau_w=tau_w))
+    assert f"τ_w = {tau_w}: slope {slope:.2f}" in legend_texts(fig)  # read from fits.nc, not refitted
     assert "no Langevin sweep" in figures.langevin_tts(None).axes[0].texts[0].get_text()

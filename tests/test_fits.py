@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import checkpoint_steps, fits_config, make_trajectory
+from conftest import fits_config, make_trajectory
 
 from bachglass import checks_table
 from bachglass.fits import (
@@ -19,6 +19,7 @@ from bachglass.fits import (
 )
 from bachglass.loss_fits import fit_exponential, fit_power_law, power_laws, tail_fits
 from bachglass.observables import ObservablesConfig, combine_runs, run_observables
+from bachglass.trajectory import checkpoint_steps
 
 # 25 checkpoints per decade over 10^2 .. 4 10^4 SGD steps, like a late fit window of the study
 T = np.logspace(2, np.log10(4e4), int(25 * np.log10(400)) + 1)

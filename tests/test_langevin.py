@@ -253,6 +253,20 @@ def test_relaxation_power_law_recovers_a_known_exponent():
     assert langevin.relaxation_power_law(censored)[0] == pytest.approx(-0.5)
 
 
+def test_relaxation_fits_give_each_waiting_time_its_exponent_for_fits_nc():
+    temperatures = np.array([1e-3, 1e-2, 1e-1])
+    slopes = xr.DataArray([-0.5, -1.0], {"tau_w": [10, 100]}, "tau_w")
+    tau_e = 3.0 * xr.DataArray(temperatures, {"temperature": temperatures}, "temperature") ** slopes
+    tau_e = tau_e.expand_dims(depth=[2], width=[8], seed=[0, 1])
+    ds = langevin.relaxation_fits(xr.Dataset({"tau_e": tau_e}))
+    np.testing.assert_allclose(ds["langevin_tau_e_exponent"].values, [-0.5, -1.0])
+    np.testing.assert_allclose(ds["langevin_tau_e_log10_prefactor"].values, np.log10(3.0))
+    assert ds["langevin_tau_w"].values.tolist() == [10, 100]
+    assert all(set(ds[v].attrs) == {"long_name", "units"} for v in ds.variables)
+    once = tau_e.where(tau_e.temperature == 1e-1, np.inf)  # relaxed at one temperature only: no exponent
+    assert np.isnan(langevin.relaxation_fits(xr.Dataset({"tau_e": once}))["langevin_tau_e_exponent"]).all()
+
+
 def test_an_empty_sweep_or_a_run_without_temperature_is_a_data_error():
     with pytest.raises(DataError, match="no runs to combine"):
         langevin.combine_sweep([], {})

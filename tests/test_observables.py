@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import checkpoint_steps, make_trajectory
+from conftest import make_trajectory
 from scipy.special import erf, erfinv
 
 from bachglass import io
@@ -21,6 +21,7 @@ from bachglass.observables import (
     smoothed_loss,
     snap_to_grid,
 )
+from bachglass.trajectory import checkpoint_steps
 from bachglass.two_time import LAG_COORD, SUMS, msd, on_lag_grid, relaxation_time, two_time_observables
 
 CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.05], smoothing_decades=0.1, tau_w=[10, 30, 100], overlap_f=100)
@@ -401,7 +402,7 @@ def test_diverged_run_is_invalid_not_censored():
 
 def test_a_run_knocked_back_above_its_initial_loss_diverged_there():
     """The study's divergence criterion is the stability scan's: NaN, or back above the initial loss."""
-    steps = checkpoint_steps()
+    steps = checkpoint_steps(1000, 10)
     loss = 0.5 + 2.0 / np.sqrt(1.0 + steps)
     spike = int(steps[np.searchsorted(steps, 300)])
     knocked = np.where(steps >= spike, 3.0, loss)  # a gradient spike at `spike`: 3 > 2.5 at step 0

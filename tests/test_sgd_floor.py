@@ -9,7 +9,8 @@ from conftest import make_encoded
 
 from bachglass import checks, figures_sgd, sgd, stability, train
 from bachglass.errors import ParamsError
-from bachglass.floor_runs import RESTART_KEYS, SETTING_KEYS, restart_setting, setting_id, train_setting
+from bachglass.floor_runs import RESTART_KEYS, SETTING_KEYS, restart_setting, train_setting
+from bachglass.io import setting_id
 from bachglass.sgd_floor import FloorConfig, analyse
 
 TRAIN = {

@@ -1,6 +1,5 @@
 """The code's shape: modules of one job and a bounded size, no import cycle, each list in one place."""
 
-import ast
 import dataclasses
 import re
 
@@ -25,26 +24,13 @@ PACKAGE = ROOT / "src/bachglass"
 MAX_LINES = 400
 
 
-def direct_imports(module: str) -> set[str]:
-    """The bachglass modules ``module`` imports itself (code_modules' first step)."""
-    found = set()
-    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_bytes())):
-        if isinstance(node, ast.ImportFrom) and node.module == "bachglass":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bachglass."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("bachglass.")}
-    return found & {p.stem for p in PACKAGE.glob("*.py")}
-
-
 def test_no_module_is_longer_than_400_lines():
     long = {p.name: n for p in PACKAGE.glob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, long
 
 
 def test_no_import_cycle_even_for_type_checkers_or_inside_functions():
-    graph = {p.stem: direct_imports(p.stem) - {p.stem} for p in PACKAGE.glob("*.py")}
+    graph = {p.stem: io.bachglass_imports(p, type_checking=True) - {p.stem} for p in PACKAGE.glob("*.py")}
     done: set[str] = set()
 
     def visit(module: str, path: list[str]) -> None:
@@ -99,3 +85,12 @@ def test_every_list_of_the_figures_is_the_figures_module():
     assert captions == set(names)
     results_doc = (ROOT / "docs/results.md").read_text()
     assert [name for name in names if f"`{name}" not in results_doc] == []
+
+
+def test_figure_code_draws_fitted_numbers_and_fits_nothing():
+    """Fitted quantities live in fits.nc: no figure module fits, or imports a module that does."""
+    fitting = re.compile(r"\b(polyfit|curve_fit|lstsq|linregress|least_squares|minimize|power_law)\b")
+    drawing = {p.stem for p in PACKAGE.glob("figures*.py")}
+    for path in PACKAGE.glob("figures*.py"):
+        assert not fitting.search(path.read_text()), path.name
+        assert io.bachglass_imports(path) <= drawing | {"fits", "observables"}, path.name  # (their constants)

@@ -144,6 +144,21 @@ def test_tiny_study_has_labelled_dims_units_and_provenance(tiny_study):
         assert np.isfinite(study["loss"]).all()
 
 
+def test_each_variable_has_one_long_name_and_unit_in_every_file(tiny_study):
+    """Every variable and coordinate the study writes is labelled, and alike wherever it appears."""
+    seen: dict[str, tuple] = {}
+    for path in sorted((tiny_study / "results").rglob("*.nc")):
+        if path.parent.name == "data":  # the encoded chorales: a score's step is not an SGD step
+            continue
+        with xr.open_dataset(path) as ds:
+            here = path.relative_to(tiny_study)
+            for name, var in ds.variables.items():
+                label = (var.attrs.get("long_name"), var.attrs.get("units"))
+                assert label[0], f"{here}: {name} has no long_name"
+                where, first = seen.setdefault(name, (here, label))
+                assert label == first, f"{name}: {label} in {here}, {first} in {where}"
+
+
 def test_tiny_study_writes_every_figure(tiny_study):
     for name in figures.FIGURES:
         assert (tiny_study / f"results/figures/{name}.png").stat().st_size > 5_000, name

@@ -26,8 +26,8 @@ from bachglass.figures_transition import (
 from bachglass.fits import aging_view
 
 # The figure set drawn by the plot_figures rule, in docs/science.md §1.8 order, then those of the observables
-# beyond the paper: file stem -> drawing function of (study, fits) (langevin_tts: of the sweep;
-# stability: of the stability scan).
+# beyond the paper: file stem -> drawing function of (study, fits) (langevin_tts: of the sweep and
+# fits; stability: of the stability scan).
 FIGURES: dict[str, Callable[..., Figure]] = {
     "loss_curves": loss_curves,
     "power_laws": power_laws,
@@ -60,7 +60,7 @@ def draw_all(
     view = aging_view(fits) if aging is not None else None
     for name, draw in FIGURES.items():
         if name == "langevin_tts":
-            yield name, draw(langevin)
+            yield name, draw(langevin, fits)
         elif name == "stability":
             yield name, draw(scan)
         elif name in AGING_FIGURES and view is not None:

@@ -7,7 +7,7 @@
 - ``accuracy`` and ``generalisation_phases``: next-note accuracy on the training and held-out
   chorales, and the comprehension / grokking / memorisation / confusion map over (d, w);
 - ``langevin_tts``: the Langevin sweep's Q(t) at each temperature, the same against t/τ_e(T)
-  (time-temperature superposition), and τ_e(T).
+  (time-temperature superposition), and τ_e(T) with the slope fitted in fits.nc.
 
 Curves are seed means over the runs that did not diverge.
 """
@@ -31,7 +31,6 @@ from bachglass.figures_layout import (
     width_colourbar,
     width_colours,
 )
-from bachglass.langevin import relaxation_power_law
 from bachglass.observables import LAG_COORD
 
 TWO_TIME = {  # variable: (axis label, y scale)
@@ -207,8 +206,8 @@ def _tts_panel(ax: Axes, sweep: xr.Dataset, scaled: bool) -> None:
     )
 
 
-def langevin_tts(sweep: xr.Dataset | None) -> Figure:
-    """Time-temperature superposition of the overlap in the Langevin sweep, and τ_e(T)."""
+def langevin_tts(sweep: xr.Dataset | None, fits: xr.Dataset | None = None) -> Figure:
+    """Time-temperature superposition of the overlap in the Langevin sweep; τ_e(T) with its fitted slope."""
     fig, axes = panels(3, sharex=False, sharey=False)
     if sweep is None:
         axes[0, 0].text(0.5, 0.5, "no Langevin sweep (params.yaml langevin lists empty)", ha="center")
@@ -220,8 +219,10 @@ def langevin_tts(sweep: xr.Dataset | None) -> Figure:
     for j, tau_w in enumerate(sweep["tau_w"].values):
         tau = sweep["tau_e"].sel(tau_w=tau_w)
         mean = [_geometric_mean(tau.sel(temperature=t).values) for t in temperatures]
-        slope, _ = relaxation_power_law(tau)
-        ax.plot(temperatures, mean, marker="os"[j % 2], label=f"τ_w = {tau_w}: slope {slope:.2f}")
+        label = f"τ_w = {tau_w}"
+        if fits is not None and "langevin_tau_e_exponent" in fits:
+            label += f": slope {float(fits['langevin_tau_e_exponent'].sel(langevin_tau_w=tau_w)):.2f}"
+        ax.plot(temperatures, mean, marker="os"[j % 2], label=label)
     ax.set(xscale="log", yscale="log", xlabel="temperature T (nats/note)", ylabel="τ_e (SGD steps)")
     ax.legend(fontsize=8)
     d, w = (sweep[k].values.tolist() for k in ("depth", "width"))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from bachglass import trajectory
+from bachglass import io, trajectory
 from bachglass.errors import DataError, ParamsError
 
 # of train, the floor runs' own (the rest of the section is the study's dynamics, which they share)
@@ -30,15 +30,8 @@ RESTART_KEYS = (
 RESTART_STREAM = 0x52455354  # "REST": a restart's minibatch order is seeded (seed, this, factor index)
 
 
-def setting_id(lr: float, batch_size: int) -> str:
-    """File stem of one (η, B) setting: ``lr0.1_B4`` (str of the float, as DVC's templating writes it)."""
-    return f"lr{float(lr)}_B{int(batch_size)}"
-
-
 def combine_seeds(trajectories: Sequence[xr.Dataset], params: dict[str, Any]) -> xr.Dataset:
     """One setting's runs (trajectories of one (depth, width)) along ``seed``, with their training attrs."""
-    from bachglass import io
-
     if not trajectories:
         raise DataError("sgd_floor: no run to combine; list sgd_floor.seed")
     packed = trajectory.pack(trajectories, io.provenance(params, __file__))
@@ -94,7 +87,7 @@ def restart_setting(
     seeds = [int(s) for s in parent["seed"].values]
     cfg = _config(train_params, lr=lr, batch_size=batch_size, steps=runs["restart_steps"])
     theta = [parent["theta"].sel(seed=s).isel(time=k).values.ravel() for s in seeds]
-    origin = f"{setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k])}"
+    origin = f"{io.setting_id(float(parent.attrs['lr']), batch_size)} step {int(step[k])}"
     start = pack_state.Start(theta=theta, stream=RESTART_STREAM + factors.index(factor), origin=origin)
     restarted = train.train_runs(encoded, runs["depth"], runs["width"], seeds, cfg, checkpoints, start=start)
     packed = combine_seeds(restarted, {"sgd_floor": runs, "train": asdict(cfg), "origin": origin})

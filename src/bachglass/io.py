@@ -95,9 +95,39 @@ def checkpoint_paths(output: str | Path, seeds: Iterable[int]) -> list[Path]:
     return [output.with_name(f"{output.stem}.s{seed}.ckpt.pt") for seed in seeds]
 
 
+def setting_id(lr: float, batch_size: int) -> str:
+    """File stem of one (η, B) setting: ``lr0.1_B4`` (str of the float, as DVC's templating writes it)."""
+    return f"lr{float(lr)}_B{int(batch_size)}"
+
+
 def params_sha256(params: Any) -> str:
     """SHA-256 of the canonical JSON of the parameters a step used."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def bachglass_imports(path: str | Path, type_checking: bool = False) -> set[str]:
+    """Return the ``bachglass`` modules that the source file ``path`` imports itself, inside functions too.
+
+    Those imported for type checkers only (under ``if TYPE_CHECKING:``) count with ``type_checking``.
+    """
+    tree = ast.parse(Path(path).read_bytes())
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if not type_checking and isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module == "bachglass":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bachglass."):
+            found.add(node.module.split(".")[1])  # type: ignore[union-attr]
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("bachglass.")}
+    return {name for name in found if (PACKAGE_DIR / f"{name}.py").exists()}
 
 
 def code_modules(path: str | Path) -> list[str]:
@@ -112,27 +142,9 @@ def code_modules(path: str | Path) -> list[str]:
     if todo[0].resolve().parent == PACKAGE_DIR:
         found.add(todo[0].stem)
     while todo:
-        tree = ast.parse(todo.pop().read_bytes())
-        typing_only = {
-            id(node)
-            for block in ast.walk(tree)
-            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-            for node in ast.walk(block)
-        }
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module == "bachglass":
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bachglass."):
-                names = [node.module.split(".")[1]]  # type: ignore[union-attr]
-            elif isinstance(node, ast.Import):
-                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("bachglass.")]
-            for name in names:
-                if name not in found and (PACKAGE_DIR / f"{name}.py").exists():
-                    found.add(name)
-                    todo.append(PACKAGE_DIR / f"{name}.py")
+        for name in bachglass_imports(todo.pop()) - found:
+            found.add(name)
+            todo.append(PACKAGE_DIR / f"{name}.py")
     return sorted(found)
 
 

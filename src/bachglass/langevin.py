@@ -60,3 +60,31 @@ def relaxation_power_law(tau: xr.DataArray) -> tuple[float, float]:
     x = np.log10(mean["temperature"].values[keep])
     slope, intercept = np.polyfit(x, mean.values[keep], 1)
     return float(slope), float(intercept)
+
+
+# name: (long_name, units) of the fits.nc variables of the sweep, on dim ``langevin_tau_w``
+FIT_ATTRS = {
+    "langevin_tau_e_exponent": ("slope of log10 tau_e against log10 T (tau_e ~ T^slope)", "1"),
+    "langevin_tau_e_log10_prefactor": ("intercept of log10 tau_e against log10 T", "log10 SGD steps"),
+    "langevin_tau_w": ("waiting time of the Langevin relaxation-time fit", "SGD steps"),
+}
+
+
+def relaxation_fits(sweep: xr.Dataset) -> xr.Dataset:
+    """Fit the power law τ_e(T) ∝ T^slope at each waiting time of the sweep (fits.nc's ``langevin_*``).
+
+    τ_e of every (depth, width, seed) at one temperature is averaged in log (:func:`relaxation_power_law`);
+    a waiting time with finite τ_e at fewer than two temperatures gets NaN.
+    """
+    tau_w = sweep["tau_w"].values
+    fits = [relaxation_power_law(sweep["tau_e"].sel(tau_w=t)) for t in tau_w]
+    ds = xr.Dataset(
+        {
+            "langevin_tau_e_exponent": ("langevin_tau_w", [slope for slope, _ in fits]),
+            "langevin_tau_e_log10_prefactor": ("langevin_tau_w", [intercept for _, intercept in fits]),
+        },
+        coords={"langevin_tau_w": tau_w},
+    )
+    for name, (long_name, units) in FIT_ATTRS.items():
+        ds[name].attrs = {"long_name": long_name, "units": units}
+    return ds

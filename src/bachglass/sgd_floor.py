@@ -29,7 +29,7 @@ import xarray as xr
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError
 from bachglass.fits import json_number
-from bachglass.floor_runs import setting_id
+from bachglass.io import setting_id
 from bachglass.loss_fits import fit_power_law
 
 log = logging.getLogger(__name__)

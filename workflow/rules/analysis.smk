@@ -1,11 +1,12 @@
 rule fit_study:
-    """Power laws, critical widths w_c(d, eps) and w_c*(d), the aging collapse (with CIs), phases."""
+    """Power laws, critical widths w_c(d, eps) and w_c*(d), the aging collapse (with CIs), phases, τ_e(T)."""
     input:
         study=upstream(rules.combine_study.output.study),
         encoded=upstream(rules.publish_data.output.encoded),
         aging=upstream(aging_study()),
         floor=upstream(floor_files()),
         restarts=upstream(restart_files()),
+        langevin=upstream(langevin_study()),
         code=code("fit_study.py"),
     output:
         fits="results/fits.nc",

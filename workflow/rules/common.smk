@@ -12,7 +12,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
 
 from bachglass.errors import ParamsError
-from bachglass.io import code_modules, params_sha256
+from bachglass.io import code_modules, params_sha256, setting_id
 from bachglass.params import pack_seeds, validate_params
 
 try:
@@ -122,7 +122,7 @@ def stability_study():
 def floor_files():
     """The floor runs of every (lr, batch size) setting (sgd_floor.settings), named as the code names them."""
     settings = config["sgd_floor"]["settings"]
-    return [f"{FLOOR}/lr{float(s['lr'])}_B{int(s['batch_size'])}.nc" for s in settings]
+    return [f"{FLOOR}/{setting_id(s['lr'], s['batch_size'])}.nc" for s in settings]
 
 
 def floor_parent():

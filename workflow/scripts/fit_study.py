@@ -1,8 +1,8 @@
-"""Fit power laws, critical widths and the aging collapse; classify phases (rule fit_study)."""
+"""Fit power laws, critical widths, the aging collapse, Langevin τ_e(T); classify phases (rule fit_study)."""
 
 from typing import TYPE_CHECKING
 
-from bachglass import fits, io, phases, sgd_floor
+from bachglass import fits, io, langevin, phases, sgd_floor
 from bachglass.errors import run_step
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ def main() -> None:
     result = result.merge(labelled, combine_attrs="override")
     if floor is not None:
         result = result.merge(floor, combine_attrs="override").assign_attrs(**floor.attrs)
+    if snakemake.input.langevin:
+        sweep = io.read_netcdf(snakemake.input.langevin[0], required=["tau_e"])
+        result = result.merge(langevin.relaxation_fits(sweep), combine_attrs="override")
     params = {k: snakemake.params[k] for k in ("fits", "phases", "sgd_floor")}
     result.attrs |= io.provenance(params, __file__)
     metrics = fits.metrics(result) | phases.metrics(labelled) | sgd_floor.metrics(floor)
