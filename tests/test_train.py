@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import numpy as np
@@ -8,7 +9,7 @@ from conftest import Interrupted, make_encoded, train_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bachglass import io, model, resume, train, trajectory
+from bachglass import io, model, resume, sgd, train, trajectory
 from bachglass.errors import DataError, ParamsError
 
 torch.set_num_threads(1)
@@ -71,6 +72,8 @@ def test_trajectory_has_the_contract_layout(encoded):
     assert ds.attrs["n_parameters"] == n_params
     assert ds.attrs["status"] == "completed" and ds.attrs["diverged_step"] == -1
     assert ds.attrs["batch_size"] == 6 and ds.attrs["device"] == "cpu"
+    keys = {f.name for f in dataclasses.fields(sgd.TrainConfig)} - {"resume_every"}
+    assert set(trajectory.training_attrs(ds.attrs)) == keys  # every train key, so a new option is recorded
     assert np.isfinite(ds.heldout_loss).all()
     for name in ("loss", "heldout_loss", "theta", "clip_fraction", "grad_norm_max"):
         assert {"units", "long_name"} <= set(ds[name].attrs)

@@ -156,19 +156,23 @@ def code_sha256(modules: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+PROVENANCE_KEYS = ("Conventions", "source", "references", "bachglass_version", "code_sha256", "params_sha256")
+
+
 def provenance(params: Any, code: str | Path) -> dict[str, str]:
     """Provenance attributes for a NetCDF output: no dates, so identical inputs give identical bytes.
 
     ``code`` is the source file that computes it (``__file__``): the hash covers what it runs.
     """
-    return {
-        "Conventions": "CF-1.11",
-        "source": f"bachglass {__version__}",
-        "references": "Hertz & Tyrcha, Phys. Rev. E 111, 055307 (2025), doi:10.1103/PhysRevE.111.055307",
-        "bachglass_version": __version__,
-        "code_sha256": code_sha256(code_modules(code)),
-        "params_sha256": params_sha256(params),
-    }
+    values = (
+        "CF-1.11",
+        f"bachglass {__version__}",
+        "Hertz & Tyrcha, Phys. Rev. E 111, 055307 (2025), doi:10.1103/PhysRevE.111.055307",
+        __version__,
+        code_sha256(code_modules(code)),
+        params_sha256(params),
+    )
+    return dict(zip(PROVENANCE_KEYS, values, strict=True))
 
 
 def save_figure(fig: Any, stem: str | Path, formats: Iterable[str], dpi: int) -> list[Path]:

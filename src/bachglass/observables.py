@@ -19,6 +19,7 @@ import xarray as xr
 from bachglass import model
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
+from bachglass.trajectory import training_attrs
 from bachglass.two_time import LAG_COORD, on_lag_grid, relaxation_time, two_time_observables
 
 log = logging.getLogger(__name__)
@@ -26,19 +27,6 @@ log = logging.getLogger(__name__)
 RUN_DIMS = ("depth", "width", "seed")
 TRAJECTORY_VARS = ("loss", "heldout_loss", "clip_fraction", "theta")
 TRAJECTORY_ATTRS = ("n_parameters", "data_floor", "status", "diverged_step")
-# how the run was trained, carried to the study
-TRAINING_ATTRS = (
-    "cell",
-    "init",
-    "lr",
-    "batch_size",
-    "clip_norm",
-    "steps",
-    "checkpoints_per_decade",
-    "dtype",
-    "device",
-    "temperature",
-)
 STEPS, EPOCHS, NATS = "SGD steps", "epoch", "nat per note"
 TAU_CLOCKS = {"tau": "step", "tau_epoch": "time"}  # variable: coordinate that measures its time
 RELAXATION = {"tau_e": 1 / np.e, "tau_90": 0.9}  # variable: fraction of Q(τ_w, τ_w) it waits for
@@ -336,8 +324,7 @@ def run_observables(
     ds = ds.assign_coords(tau_w_epoch=("tau_w", epochs))
     if probes is not None:
         ds = _with_probes(ds, probes, _run_id(trajectory))
-    carried = (*TRAJECTORY_ATTRS, *(a for a in TRAINING_ATTRS if a in attrs))
-    ds.attrs = {**provenance, **{a: attrs[a] for a in carried}}
+    ds.attrs = {**provenance, **{a: attrs[a] for a in TRAJECTORY_ATTRS}, **training_attrs(attrs)}
     ds = _with_cf_attrs(ds)
     for name in ("overlap", "overlap_group", "overlap_eps", "overlap_lag"):
         ds[name].attrs["overlap_f"] = config.overlap_f  # eps = std(theta(tau_w)) / overlap_f
@@ -389,10 +376,9 @@ def combine_runs(datasets: Sequence[xr.Dataset], provenance: dict[str, Any]) -> 
     )
     # training settings shared by every run (a mixed study keeps only what all runs share)
     shared = {
-        a: datasets[0].attrs[a]
-        for a in TRAINING_ATTRS
-        if a in datasets[0].attrs
-        and all(np.array_equal(ds.attrs.get(a), datasets[0].attrs[a]) for ds in datasets)
+        a: value
+        for a, value in training_attrs(datasets[0].attrs).items()
+        if all(np.array_equal(ds.attrs.get(a), value) for ds in datasets)
     }
     study.attrs = {**shared, **provenance, "data_floor": floors.pop()}
     return study

@@ -284,6 +284,8 @@ def _trajectory(
         "n_scored_notes": int(ens.n_scored_notes),  # P, the training notes the loss is the mean over
         "ensemble_size": len(ens.members),  # runs trained with it as one batched model (round-off only)
     }
+    recorded = set(attrs) | {"resume_every"}  # (when a run saves its state is not how it trains)
+    attrs |= {key: "none" if v is None else v for key, v in asdict(ens.config).items() if key not in recorded}
     params = {"train": asdict(ens.config), **{k: identity[k] for k in ("depth", "width", "seed")}}
     if "origin" in identity:  # a restart: what it continues
         attrs["origin"] = params["origin"] = identity["origin"]

@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from bachglass.errors import DataError
+from bachglass.io import PROVENANCE_KEYS
 
 VARIABLES = {  # name: (long_name, units), recorded at every checkpoint in this order
     "loss": ("training cross-entropy (full training set)", "nat per note"),
@@ -32,6 +33,18 @@ PER_RUN = {  # attributes of one run that a pack file keeps as variables on seed
     "diverged_step": ("SGD step of the first non-finite loss (-1: none)", "SGD steps"),
     "ensemble_size": ("runs trained with it as one batched model (round-off only)", "1"),
 }
+# attributes of a run that are facts about it, not how it was trained (with PER_RUN and the provenance)
+RUN_FACTS = ("n_parameters", "data_floor", "n_scored_notes", "origin")
+
+
+def training_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Return how a run was trained, from its attributes: every ``train`` setting the trainer recorded.
+
+    The trainer records each key of the train section (resolved: the device it ran on, the batch size
+    it used), so a new option reaches the observables and the study without a list to extend.
+    """
+    skip = {*RUN_FACTS, *PER_RUN, *PROVENANCE_KEYS}
+    return {key: value for key, value in attrs.items() if key not in skip}
 
 
 def checkpoint_steps(steps: int, per_decade: int) -> np.ndarray:
