@@ -94,7 +94,7 @@ def compare_packs(old: Path, new: Path) -> bool:
     from bachglass.params import pack_seeds
     from bachglass.trajectory import runs
 
-    same = True
+    same, compared = True, 0
     for path in sorted(new.rglob("*_s*/*.nc")):
         stem, seeds = path.parent.name.rsplit("_s", 1)
         packed = xr.open_dataset(path).load()
@@ -106,13 +106,17 @@ def compare_packs(old: Path, new: Path) -> bool:
         for seed, run in zip(pack_seeds(seeds), parts, strict=True):
             before = old / path.parent.relative_to(new).parent / f"{stem}_s{seed}" / path.name
             if not before.exists():
+                print(f"{path.relative_to(new)} seed {seed}: MISSING in {old} ({before.relative_to(old)})")
+                same = False
                 continue
             with xr.open_dataset(before) as ref:
                 differ = [v for v in ref.data_vars if v not in run or not same_values(ref[v], run[v])]
             same &= not differ
+            compared += 1
             verdict = "same values" if not differ else f"DIFFERENT {differ}"
             print(f"{path.relative_to(new)} seed {seed}: {verdict}")
-    return same
+    print(f"{compared} runs compared")
+    return same and compared > 0
 
 
 def main() -> int:

@@ -59,6 +59,7 @@ def test_every_schema_object_is_closed_and_requires_all_its_keys():
         ("observables", "tau_w", [100, 10], "observables.tau_w: [100, 10] is not in increasing order"),
         ("aging", "tau_w", [300, 100], "aging.tau_w: [300, 100] must increase and stay below aging.steps"),
         ("aging", "steps", 0, "aging.steps: 0 is less than the minimum of 1"),
+        ("langevin", "tau_w", [30000], "langevin.tau_w: [30000] must increase and stay below langevin.steps"),
         ("fits", "ci", 1.0, "fits.ci: 1.0 is greater than or equal to the maximum of 1"),
         ("fits", "floor_factor", 0.5, "fits.floor_factor: 0.5 is less than the minimum of 1"),
         ("fits", "max_width_ratio", 1, "fits.max_width_ratio: 1 is less than or equal to the minimum of 1"),

@@ -5,22 +5,19 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_encoded
+from conftest import make_encoded, train_config
 
 from bachglass import checks, figures_sgd, sgd, stability, train
 from bachglass.errors import ParamsError
-from bachglass.floor_runs import RESTART_KEYS, SETTING_KEYS, restart_setting, train_setting
+from bachglass.floor_runs import OWN_KEYS, RESTART_KEYS, SETTING_KEYS, restart_setting, train_setting
 from bachglass.io import setting_id
 from bachglass.sgd_floor import FloorConfig, analyse
 
+# the study's train section but the floor runs' own keys, as tests' plain SGD (a new train key follows)
 TRAIN = {
-    "cell": "rnn_tanh",
-    "init": "pytorch",
-    "checkpoints_per_decade": 10,
-    "resume_every": 50,
-    "dtype": "float64",
-    "device": "cpu",
-    "temperature": 0.0,
+    key: value
+    for key, value in asdict(train_config(dtype="float64", resume_every=50)).items()
+    if key not in OWN_KEYS
 }
 
 

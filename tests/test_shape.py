@@ -53,6 +53,18 @@ def test_code_modules_follow_every_import_but_the_type_checkers():
         assert "fits_config" not in io.code_modules(PACKAGE / module), module
 
 
+def test_only_the_body_of_if_type_checking_is_left_out(tmp_path):
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import typing\n"
+        "if typing.TYPE_CHECKING:\n    from bachglass import fits\nelse:\n    from bachglass import sgd\n"
+        "if not TYPE_CHECKING:\n    from bachglass import train\n"
+        "def main():\n    import bachglass.phases\n"
+    )
+    assert io.bachglass_imports(script) == {"sgd", "train", "phases"}
+    assert io.bachglass_imports(script, type_checking=True) == {"fits", "sgd", "train", "phases"}
+
+
 @pytest.mark.parametrize(
     ("section", "config"),
     [

@@ -86,6 +86,8 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
         # the library code of a stage is its rules' (the imports of their scripts), not a list of its own
         code = {i for f in built for i in jobs[f]["inputs"] if i.startswith("src/")}
         assert {d for d in stage["deps"] if d.startswith("src/")} == code, name
+        # common.smk builds the rules' params (the aging and Langevin sections) and paths: rule code too
+        assert "workflow/rules/common.smk" in stage["deps"], name
     assert set(rule_of_target) == set(jobs), f"not built by any stage: {set(jobs) - set(rule_of_target)}"
 
 

@@ -111,11 +111,14 @@ def bachglass_imports(path: str | Path, type_checking: bool = False) -> set[str]
     Those imported for type checkers only (under ``if TYPE_CHECKING:``) count with ``type_checking``.
     """
     tree = ast.parse(Path(path).read_bytes())
-    typing_only = {
+    typing_only = {  # the body of `if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`), not its else
         id(node)
         for block in ast.walk(tree)
-        if not type_checking and isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for node in ast.walk(block)
+        if not type_checking
+        and isinstance(block, ast.If)
+        and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for statement in block.body
+        for node in ast.walk(statement)
     }
     found: set[str] = set()
     for node in ast.walk(tree):

@@ -93,12 +93,13 @@ def _check_cross_keys(config: Mapping[str, Any], source: str) -> None:
 
 
 def _check_aging_and_fits(config: Mapping[str, Any], source: str) -> None:
-    aging, fits, steps = config["aging"], config["fits"], config["train"]["steps"]
-    if list(aging["tau_w"]) != sorted(aging["tau_w"]) or max(aging["tau_w"]) >= aging["steps"]:
-        raise ParamsError(
-            f"{source}: aging.tau_w: {aging['tau_w']} must increase and stay below aging.steps "
-            f"({aging['steps']})"
-        )
+    fits, steps = config["fits"], config["train"]["steps"]
+    for section in ("aging", "langevin"):
+        tau_w, own = config[section]["tau_w"], config[section]["steps"]
+        if list(tau_w) != sorted(tau_w) or max(tau_w) >= own:
+            raise ParamsError(
+                f"{source}: {section}.tau_w: {tau_w} must increase and stay below {section}.steps ({own})"
+            )
     if max(fits["window_start"]) >= steps:
         raise ParamsError(
             f"{source}: fits.window_start: {max(fits['window_start'])} is not below train.steps ({steps}); "

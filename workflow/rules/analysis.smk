@@ -64,7 +64,7 @@ rule check_science:
 
 
 rule plot_figures:
-    """The nine figures of docs/science.md §1.8, from the study and its fits."""
+    """Every figure of figures.FIGURES (docs/results.md), from the study, its fits and the sweeps."""
     input:
         study=upstream(rules.combine_study.output.study),
         fits=upstream(rules.fit_study.output.fits),

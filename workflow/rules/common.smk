@@ -177,11 +177,6 @@ def langevin_train(wildcards):
     return langevin_params(float(wildcards.temperature))["train"]
 
 
-def pack_size(wildcards):
-    """The number of runs a training job trains: the seeds of its pack."""
-    return len(pack_seeds(wildcards.seeds))
-
-
 def code(*scripts):
     """The library modules that the step scripts `scripts` run (bachglass.io.code_modules): an edit of
     one re-runs the rule. The imports are the one list (dvc.yaml's deps are tested equal to it)."""

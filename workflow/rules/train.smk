@@ -17,8 +17,6 @@ rule train_pack:
     conda:
         "../../envs/torch.yaml"
     threads: 1
-    resources:
-        runs=pack_size,
     params:
         train=config["train"],
     script:
