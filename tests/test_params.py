@@ -74,6 +74,12 @@ def test_bad_value_is_reported_with_its_key(params, section, key, bad, message):
         validate_params(params, SCHEMA)
 
 
+def test_an_integer_floor_lr_is_refused_since_it_names_files(params):
+    params["sgd_floor"]["settings"][0]["lr"] = 1
+    with pytest.raises(ParamsError, match=re.escape("params.yaml: sgd_floor.settings: write lr 1 as 1.0")):
+        validate_params(params, SCHEMA)
+
+
 def test_unknown_key_is_reported_with_its_section(params):
     params["train"]["devcie"] = "cpu"
     with pytest.raises(ParamsError, match=r"params.yaml: train: .*'devcie' was unexpected"):

@@ -90,6 +90,16 @@ def _check_cross_keys(config: Mapping[str, Any], source: str) -> None:
     if config["data"]["source"] == "files" and not config["data"]["files"]["paths"]:
         raise ParamsError(f"{source}: data.files.paths: empty, but data.source is 'files'")
     _check_aging_and_fits(config, source)
+    _check_floor_names(config, source)
+
+
+def _check_floor_names(config: Mapping[str, Any], source: str) -> None:
+    """Refuse an integer floor lr: the files say lr1.0_B4 (a float), DVC's stages the number as written."""
+    for setting in config["sgd_floor"]["settings"]:
+        if not isinstance(setting["lr"], float):
+            raise ParamsError(
+                f"{source}: sgd_floor.settings: write lr {setting['lr']} as {float(setting['lr'])}"
+            )
 
 
 def _check_aging_and_fits(config: Mapping[str, Any], source: str) -> None:
