@@ -106,3 +106,27 @@ def test_figure_code_draws_fitted_numbers_and_fits_nothing():
     for path in PACKAGE.glob("figures*.py"):
         assert not fitting.search(path.read_text()), path.name
         assert io.bachglass_imports(path) <= drawing | {"fits", "observables"}, path.name  # (their constants)
+
+
+def test_a_name_is_labelled_in_one_place():
+    """Long names and units: bachglass.labels for what several files hold, each module for its own."""
+    from bachglass import aging, critical, fits, labels, langevin
+
+    own = {
+        "observables": observables.ATTRS,
+        "probes": probes.VARIABLES,
+        "stability": {k: (v[1], v[2]) for k, v in stability.VARIABLES.items() if v[1] is not None},
+        "fits": fits.ATTRS,
+        "phases": phases.ATTRS,
+        "aging": aging.AGING_VARS,
+        "critical": critical.CRITICAL_VARS,
+        "langevin": langevin.FIT_ATTRS,
+    }
+    where: dict[str, str] = {}
+    for module, table in own.items():
+        for name, label in table.items():
+            if name in labels.LABELS:  # only as a reference to the shared label
+                assert label is labels.LABELS[name], f"{module} labels {name} again (bachglass.labels has it)"
+                continue
+            assert name not in where, f"{name} is labelled in {where.get(name)} and {module}"
+            where[name] = module

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from bachglass import model
+from bachglass import labels, model
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
+from bachglass.labels import EPOCHS, NATS, STEPS
 from bachglass.trajectory import training_attrs
 from bachglass.two_time import LAG_COORD, on_lag_grid, relaxation_time, two_time_observables
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 RUN_DIMS = ("depth", "width", "seed")
 TRAJECTORY_VARS = ("loss", "heldout_loss", "clip_fraction", "theta")
 TRAJECTORY_ATTRS = ("n_parameters", "data_floor", "status", "diverged_step")
-STEPS, EPOCHS, NATS = "SGD steps", "epoch", "nat per note"
 TAU_CLOCKS = {"tau": "step", "tau_epoch": "time"}  # variable: coordinate that measures its time
 RELAXATION = {"tau_e": 1 / np.e, "tau_90": 0.9}  # variable: fraction of Q(τ_w, τ_w) it waits for
 LAG_INTERP = {
@@ -36,12 +36,8 @@ LAG_INTERP = {
     "overlap": False,
     "cosine": False,
 }  # on the lag grid, log-log or semi-log
-# name: (long_name, units) for every variable and coordinate we write
+# name: (long_name, units) of what only the observables write (the rest: bachglass.labels)
 ATTRS = {
-    "loss": ("training cross-entropy", NATS),
-    "heldout_loss": ("held-out cross-entropy", NATS),
-    "clip_fraction": ("fraction of SGD steps with clipped gradient norm", "1"),
-    "grad_norm_max": ("largest gradient norm (before any clip) since the previous checkpoint", "1"),
     "tau": ("learning time: first checkpoint with smoothed loss <= data floor + eps", STEPS),
     "tau_epoch": ("learning time: first checkpoint with smoothed loss <= data floor + eps", EPOCHS),
     "msd": ("mean-square displacement of all parameters since tau_w", "1"),
@@ -65,24 +61,13 @@ ATTRS = {
     "cosine_group": ("cosine between a group's parameter vectors at tau_w and at t'", "1"),
     "tau_e": ("relaxation time: lag at which the overlap first drops below 1/e of its start", STEPS),
     "tau_90": ("relaxation time: lag at which the overlap first drops below 0.9 of its start", STEPS),
-    "n_parameters": ("number of trainable parameters", "1"),
     "n_parameters_group": ("parameters of the group, a layer's two biases counted once", "1"),
     "diverged": ("the loss became non-finite or went back above its initial value", "1"),
-    "diverged_step": (
-        "SGD step of the first non-finite loss or training loss above the initial one; -1: none",
-        STEPS,
-    ),
-    "time": ("training time", EPOCHS),
-    "step": ("training time", STEPS),
     "eps": ("learning-time threshold above the data floor", NATS),
     "tau_w": ("waiting time (snapped to the checkpoint grid)", STEPS),
     "tau_w_epoch": ("waiting time", EPOCHS),
     "lag": ("lag since tau_w", STEPS),
     LAG_COORD: ("lag t' - tau_w", STEPS),
-    "group": ("parameter group", "1"),
-    "depth": ("RNN layers", "1"),
-    "width": ("hidden units per layer", "1"),
-    "seed": ("initialisation and batch-order seed", "1"),
 }
 
 
@@ -333,6 +318,7 @@ def run_observables(
 
 def _with_cf_attrs(ds: xr.Dataset) -> xr.Dataset:
     """Give every variable and coordinate its ``long_name`` and ``units``."""
+    labels.label(ds)
     for name, var in ds.variables.items():
         if name in ATTRS:
             var.attrs = {"long_name": ATTRS[name][0], "units": ATTRS[name][1]}

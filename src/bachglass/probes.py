@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from bachglass import model
+from bachglass import labels, model
 from bachglass.errors import DataError
 
 RUN_DIMS = ("depth", "width", "seed")
@@ -26,10 +26,10 @@ ENCODED_VARIABLES = ("tokens", "mask", "vocab_size", "split")  # what probe_run 
 TRAJECTORY_ATTRS = ("cell", "status", "diverged_step")
 F64 = torch.float64
 CHUNK = 64  # checkpoints per batched accuracy pass (bounds memory: K·T·B·gates·width floats)
-VARIABLES = {  # name: (long_name, units)
+VARIABLES = {  # name: (long_name, units); sharpness: bachglass.labels (the stability scan writes it too)
     "accuracy": ("next-note accuracy on the training chorales (argmax of each voice's softmax)", "1"),
     "heldout_accuracy": ("next-note accuracy on the held-out chorales", "1"),
-    "sharpness": ("top eigenvalue of the training loss's Hessian in theta (power iteration)", "nat per note"),
+    "sharpness": labels.LABELS["sharpness"],
 }
 
 

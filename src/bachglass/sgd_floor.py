@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from bachglass import labels
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError
 from bachglass.fits import json_number
@@ -169,11 +170,14 @@ def analyse(
     boot_kappa = np.array([kappa_fit(ratio, b - data_floor) for b in boot])
     n_fitted = int(np.isfinite(boot_kappa).sum())
     k_lo, k_hi = np.nanquantile(boot_kappa, [(1 - ci) / 2, (1 + ci) / 2]) if n_fitted else (np.nan, np.nan)
-    setting = {"setting": [setting_id(a, b) for a, b in zip(lrs, batches, strict=True)]}
+    ids = [setting_id(a, b) for a, b in zip(lrs, batches, strict=True)]
+    setting = {
+        "setting": ("setting", ids, {"long_name": "floor setting (learning rate, batch size)", "units": ""})
+    }
     coords = setting | {
-        "lr": ("setting", lrs),
-        "batch_size": ("setting", batches),
-        "lr_over_batch": ("setting", ratio),
+        "lr": ("setting", lrs, labels.attrs("lr")),
+        "batch_size": ("setting", batches, labels.attrs("batch_size")),
+        "lr_over_batch": ("setting", ratio, {"long_name": "learning rate over batch size η/B", "units": "1"}),
     }
 
     def var(
@@ -222,7 +226,9 @@ def analyse(
     if restarts:
         test = _restart_test(restarts, parent, floor[0], config, data_floor, floor_factor)
         out = out.merge(test).assign_attrs(restart_step=test.attrs["restart_step"])
-    return out.rename(seed="floor_seed")  # not the grid's seeds: its own dim in fits.nc
+    out = out.rename(seed="floor_seed")  # not the grid's seeds: its own dim in fits.nc
+    out["floor_seed"].attrs = {"long_name": "seed of a floor run", "units": "1"}
+    return out
 
 
 def _restart_test(
@@ -249,7 +255,9 @@ def _restart_test(
             for r, f in zip(restarts, floors, strict=True)
         ]
     )
-    coords = {"restart": factors}
+    coords = {
+        "restart": ("restart", factors, {"long_name": "learning-rate factor f of a restart", "units": "1"})
+    }
     return xr.Dataset(
         {
             "restart_floor": (

@@ -28,26 +28,22 @@ import numpy as np
 import torch
 import xarray as xr
 
-from bachglass import io, model, pack_state, probes, sgd, trajectory
+from bachglass import io, labels, model, pack_state, probes, sgd, trajectory
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
 
 F64 = torch.float64
-VARIABLES = {  # name: (dims, long_name, units)
-    "loss": (("time",), "training cross-entropy (full training set)", "nat per note"),
-    "grad_norm_max": (("time",), "largest minibatch gradient norm since the previous checkpoint", "1"),
+VARIABLES = {  # name: (dims, long_name, units); None: the label of bachglass.labels (other files hold it too)
+    "loss": (("time",), None, None),
+    "grad_norm_max": (("time",), None, None),
     "over_fraction": (
         ("time",),
         "fraction of the steps since the previous checkpoint with norm > safety_norm",
         "1",
     ),
-    "sharpness": (
-        ("time",),
-        "top eigenvalue of the training loss's Hessian (NaN: not measured)",
-        "nat per note",
-    ),
+    "sharpness": (("time",), None, None),
 }
 
 
@@ -199,26 +195,23 @@ def _dataset(
         data[name] = (
             ("depth", "width", "batch_size", "init", "lr", "seed", *dims),
             values,
-            {"long_name": long_name, "units": units},
+            {"long_name": long_name, "units": units} if long_name else labels.attrs(name),
         )
     loss = out["loss"].reshape(*cell_shape, len(grid))
     diverged_step = divergence_step(loss, grid, nan_step.reshape(cell_shape))
     data["diverged_step"] = (
         ("depth", "width", "batch_size", "init", "lr", "seed"),
         diverged_step.reshape(shape),
-        {
-            "long_name": "first step with a NaN loss or a training loss above the initial one (-1: none)",
-            "units": "SGD steps",
-        },
+        labels.attrs("diverged_step"),
     )
     coords = {
         "depth": [depth],
         "width": [width],
-        "batch_size": ("batch_size", [batch_size], {"long_name": "chorales per SGD step"}),
+        "batch_size": ("batch_size", [batch_size]),
         "init": ("init", list(config.init), {"long_name": "initialisation of the recurrent weights"}),
-        "lr": ("lr", list(config.lr), {"long_name": "SGD learning rate η"}),
+        "lr": ("lr", list(config.lr)),
         "seed": list(config.seed),
-        "step": ("time", grid, {"units": "SGD steps", "long_name": "SGD step"}),
+        "step": ("time", grid),
     }
     attrs = {
         "cell": ens.config.cell,
@@ -231,7 +224,7 @@ def _dataset(
     train_params = {key: getattr(ens.config, key) for key in ("cell", "dtype", "device")}
     params = {"stability": asdict(config), "train": train_params, "depth": depth, "width": width}
     params["batch_size"] = batch_size
-    return xr.Dataset(data, coords, attrs | io.provenance(params, __file__))
+    return labels.label(xr.Dataset(data, coords, attrs | io.provenance(params, __file__)))
 
 
 def summary(scan: xr.Dataset) -> xr.Dataset:
@@ -260,10 +253,10 @@ def summary(scan: xr.Dataset) -> xr.Dataset:
             "over_share": (over_steps.sum("seed") / run_steps.sum("seed")).assign_attrs(
                 long_name="share of steps with gradient norm > safety_norm (before divergence)", units="1"
             ),
-            "grad_norm_peak": scan["grad_norm_max"]
+            "grad_norm_peak_alive": scan["grad_norm_max"]
             .where(alive)
             .max(("time", "seed"))
-            .assign_attrs(long_name="largest gradient norm before divergence", units="1"),
+            .assign_attrs(long_name="largest gradient norm of the seeds before they diverged", units="1"),
             "sharpness_ratio": ratio.max("seed").assign_attrs(
                 long_name="largest λ_max·η/2 before divergence (> 1: beyond 2/η)", units="1"
             ),
@@ -292,7 +285,7 @@ TABLE_COLUMNS = (  # header, variable, format
     ("diverged", "n_diverged", "{:d}"),
     ("first divergence (step)", "first_divergence", "{:.0f}"),
     ("steps with ‖g‖ > safety", "over_share", "{:.2%}"),
-    ("max ‖g‖", "grad_norm_peak", "{:.3g}"),
+    ("max ‖g‖", "grad_norm_peak_alive", "{:.3g}"),
     ("max λ_max η/2", "sharpness_ratio", "{:.2f}"),
     ("final loss (median)", "final_loss", "{:.3g}"),
 )

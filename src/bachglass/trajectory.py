@@ -15,24 +15,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from bachglass import labels
 from bachglass.errors import DataError
 from bachglass.io import PROVENANCE_KEYS
 
-VARIABLES = {  # name: (long_name, units), recorded at every checkpoint in this order
-    "loss": ("training cross-entropy (full training set)", "nat per note"),
-    "heldout_loss": ("held-out cross-entropy", "nat per note"),
-    "clip_fraction": ("fraction of the steps since the previous checkpoint that were clipped", "1"),
-    "grad_norm_max": (
-        "largest gradient norm (before any clip) of the steps since the previous checkpoint",
-        "1",
-    ),
-    "theta": ("parameter snapshot, flattened in model.param_specs order", "1"),
-}
-PER_RUN = {  # attributes of one run that a pack file keeps as variables on seed: (long_name, units)
-    "status": ("how the run ended: completed or diverged", ""),
-    "diverged_step": ("SGD step of the first non-finite loss (-1: none)", "SGD steps"),
-    "ensemble_size": ("runs trained with it as one batched model (round-off only)", "1"),
-}
+# recorded at every checkpoint, in this order (their labels: bachglass.labels, as for every name below)
+VARIABLES = ("loss", "heldout_loss", "clip_fraction", "grad_norm_max", "theta")
+PER_RUN = ("status", "diverged_step", "ensemble_size")  # run attributes a pack keeps as variables on seed
 # attributes of a run that are facts about it, not how it was trained (with PER_RUN and the provenance)
 RUN_FACTS = ("n_parameters", "data_floor", "n_scored_notes", "origin")
 
@@ -73,20 +62,20 @@ def run_dataset(
     n_params = len(coords["group"])
     n_done = len(records["loss"])
     data_vars = {}
-    for key, (long_name, units) in VARIABLES.items():
+    for key in VARIABLES:
         dims = ("depth", "width", "seed", "time") + (("param",) if key == "theta" else ())
         dtype = np.float32 if key == "theta" else np.float64
         values = np.full((len(grid), n_params) if key == "theta" else len(grid), np.nan, dtype)
         if n_done:
             values[:n_done] = np.asarray(records[key])
-        data_vars[key] = (dims, values[None, None, None], {"long_name": long_name, "units": units})
+        data_vars[key] = (dims, values[None, None, None])
     ds_coords = {
         **{key: [coords[key]] for key in ("depth", "width", "seed")},
-        "time": ("time", coords["time"], {"units": "epoch", "long_name": "training time"}),
-        "step": ("time", grid, {"units": "SGD steps", "long_name": "SGD step"}),
-        "group": ("param", coords["group"], {"long_name": "parameter group"}),
+        "time": ("time", coords["time"]),
+        "step": ("time", grid),
+        "group": ("param", coords["group"]),
     }
-    return xr.Dataset(data_vars, ds_coords, attrs)
+    return labels.label(xr.Dataset(data_vars, ds_coords, attrs))
 
 
 def pack(runs: Sequence[xr.Dataset], provenance: dict[str, Any]) -> xr.Dataset:
@@ -101,9 +90,9 @@ def pack(runs: Sequence[xr.Dataset], provenance: dict[str, Any]) -> xr.Dataset:
             [run.attrs[name] for run in runs],
             {"seed": [int(run["seed"].item()) for run in runs]},
             "seed",
-            attrs={"long_name": long_name, **({"units": units} if units else {})},
+            attrs=labels.attrs(name),
         )
-        for name, (long_name, units) in PER_RUN.items()
+        for name in PER_RUN
     }
     packed = xr.concat(
         [run.drop_attrs(deep=False) for run in runs],
