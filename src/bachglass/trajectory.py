@@ -110,7 +110,7 @@ def pack(runs: Sequence[xr.Dataset], provenance: dict[str, Any]) -> xr.Dataset:
     )
     if differ:
         raise DataError(f"trajectory: the runs of a pack differ in {', '.join(differ)}; train them apart")
-    return packed.assign(per_run).assign_attrs({**shared, **provenance})
+    return labels.label(packed.assign(per_run).assign_attrs({**shared, **provenance}))
 
 
 def _same(a: Any, b: Any) -> bool:
