@@ -1,5 +1,6 @@
 """The workflow as users run it: lint, the Snakemake/DVC agreement, a tiny study end to end."""
 
+import importlib.util
 import json
 import re
 import shutil
@@ -85,10 +86,22 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
             assert deps <= stage["deps"], f"{name}: Snakemake inputs {deps - stage['deps']} not in deps"
         # the library code of a stage is its rules' (the imports of their scripts), not a list of its own
         code = {i for f in built for i in jobs[f]["inputs"] if i.startswith("src/")}
-        assert {d for d in stage["deps"] if d.startswith("src/")} == code, name
+        assert {d for d in stage["deps"] if d.startswith("src/")} == code, (
+            f"{name}: python workflow/dvc_code.py"
+        )
         # common.smk builds the rules' params (the aging and Langevin sections) and paths: rule code too
         assert "workflow/rules/common.smk" in stage["deps"], name
     assert set(rule_of_target) == set(jobs), f"not built by any stage: {set(jobs) - set(rule_of_target)}"
+
+
+def test_dvc_code_writes_each_stages_modules_and_finds_dvc_yaml_current():
+    spec = importlib.util.spec_from_file_location("dvc_code", ROOT / "workflow/dvc_code.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = (ROOT / "dvc.yaml").read_text()
+    assert tool.synced(text) == (text, [])
+    stale = text.replace("      - src/bachglass/sgd.py\n", "", 1)  # the first stage that runs sgd.py
+    assert tool.synced(stale) == (text, ["train_pack"])
 
 
 def test_dvc_params_sections_match_the_rules_params(tmp_path):
