@@ -11,7 +11,15 @@ import pytest
 import torch
 import xarray as xr
 
-from bachglass.trajectory import checkpoint_steps
+
+def log_grid(last: int = 1000, per_decade: int = 10) -> np.ndarray:
+    """Step 0 plus a log-spaced integer grid ending at ``last`` for synthetic runs.
+
+    Not the trainer's schedule (``trajectory.checkpoint_steps`` anchors at powers of ten and appends the
+    last step): the synthetic studies of the figure and fit tests were designed on this grid.
+    """
+    grid = np.round(np.logspace(0, np.log10(last), int(per_decade * np.log10(last)) + 1))
+    return np.unique(np.concatenate([[0], grid])).astype(np.int64)
 
 
 def make_trajectory(
@@ -38,7 +46,7 @@ def make_trajectory(
     sigma² per SGD step, sampled at the checkpoints; groups layer1..layer{depth} (6 params each)
     and readout (5). A diverged run has NaN loss and theta from ``diverged_step`` on.
     """
-    steps = checkpoint_steps(1000, 10) if steps is None else np.asarray(steps, dtype=np.int64)
+    steps = log_grid() if steps is None else np.asarray(steps, dtype=np.int64)
     k = steps.size
     loss = data_floor + 2.0 / np.sqrt(1.0 + steps) if loss is None else np.asarray(loss, float)
     if group_sizes is None:

@@ -3,7 +3,7 @@ import logging
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fits_config, make_trajectory
+from conftest import fits_config, log_grid, make_trajectory
 
 from bachglass import figures, io, langevin, phases
 from bachglass.figures_aging import examples
@@ -17,11 +17,10 @@ from bachglass.figures_layout import (
 )
 from bachglass.fits import OVER, fit_study
 from bachglass.observables import RUN_DIMS, ObservablesConfig, combine_runs, run_observables
-from bachglass.trajectory import checkpoint_steps
 
 CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.03], smoothing_decades=0.1, tau_w=[10, 100], overlap_f=100)
 FITS = fits_config(window_start=[100, 30], min_widths=2, extrapolation_eps=2, aging_tau_w_min=10, mu_max=2.0)
-STEPS = checkpoint_steps(3000, 10)
+STEPS = log_grid(3000, 10)
 NAMES = [
     "loss_curves",
     "power_laws",

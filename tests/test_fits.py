@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fits_config, make_trajectory
+from conftest import fits_config, log_grid, make_trajectory
 
 from bachglass import checks_table
 from bachglass.fits import (
@@ -19,7 +19,6 @@ from bachglass.fits import (
 )
 from bachglass.loss_fits import fit_exponential, fit_power_law, power_laws, tail_fits
 from bachglass.observables import ObservablesConfig, combine_runs, run_observables
-from bachglass.trajectory import checkpoint_steps
 
 # 25 checkpoints per decade over 10^2 .. 4 10^4 SGD steps, like a late fit window of the study
 T = np.logspace(2, np.log10(4e4), int(25 * np.log10(400)) + 1)
@@ -173,7 +172,7 @@ def test_clipped_fraction_is_weighted_by_the_steps_of_each_interval():
 # floor is K (W0 - w) + C/(1 + t) (+ LIFT at depth 2), so it reaches eps at t = C/(K (w - w_c)) - 1 with
 # w_c(eps) = W0 - (eps - lift)/K and A = C/K = 2000 steps.
 FLOOR, W0, K, C, LIFT = 0.01, 24, 0.01, 20.0, {1: 0.0, 2: 0.04}
-STEPS = checkpoint_steps(10_000, 20)
+STEPS = log_grid(10_000, 20)
 EPS = [0.12, 0.1, 0.08, 0.005]
 WIDTHS = (12, 14, 16, 18, 20, 22, 24)
 CLIPPED_RUN = (1, 14, 1)  # clipped at every step up to step 100, never after
@@ -311,7 +310,7 @@ from bachglass.observables import learning_time  # noqa: E402
 
 
 def transient_then_tail(tau_d, alpha, l_inf=0.01, steps=100_000):
-    step = checkpoint_steps(steps, 25)
+    step = log_grid(steps, 25)
     loss = l_inf + (3.2 - l_inf) * (1 + step / tau_d) ** -alpha
     return xr.DataArray(loss, dims="time", coords={"step": ("time", step)})
 
@@ -329,7 +328,7 @@ def test_tail_fit_starts_after_the_runs_own_drop_and_recovers_alpha_where_a_fixe
 
 
 def test_an_exponential_approach_is_fitted_better_by_the_exponential_than_by_a_power_law():
-    step = checkpoint_steps(100_000, 25)
+    step = log_grid(100_000, 25)
     loss = 0.05 + 3.15 * np.exp(-step / 20_000.0)  # still falling over the tail window
     loss = xr.DataArray(noisy(loss, 0.005, seed=3), dims="time", coords={"step": ("time", step)})
     tail = tail_fits(loss, xr.DataArray(3000.0), CONFIG, floor=0.0)

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_trajectory
+from conftest import log_grid, make_trajectory
 from scipy.special import erf, erfinv
 
 from bachglass import io
@@ -21,7 +21,6 @@ from bachglass.observables import (
     smoothed_loss,
     snap_to_grid,
 )
-from bachglass.trajectory import checkpoint_steps
 from bachglass.two_time import LAG_COORD, SUMS, msd, on_lag_grid, relaxation_time, two_time_observables
 
 CONFIG = ObservablesConfig(eps=[0.3, 0.1, 0.05], smoothing_decades=0.1, tau_w=[10, 30, 100], overlap_f=100)
@@ -61,7 +60,7 @@ def test_never_reached_is_inf_not_nan():
 
 
 def test_single_checkpoint_spike_below_threshold_does_not_set_tau():
-    steps = checkpoint_steps(1000, 25)
+    steps = log_grid(1000, 25)
     values = np.ones(steps.size)
     spike = np.flatnonzero(steps >= 100)[0]
     values[spike] = 0.4
@@ -74,7 +73,7 @@ def test_single_checkpoint_spike_below_threshold_does_not_set_tau():
 
 
 def test_smoothed_loss_keeps_step_zero_nan_and_dims():
-    steps = checkpoint_steps(1000, 25)
+    steps = log_grid(1000, 25)
     values = np.linspace(3.0, 1.0, steps.size)
     values[-3:] = np.nan
     loss = loss_curve(values, steps).expand_dims(seed=[0, 1])
@@ -104,7 +103,7 @@ def test_snap_to_grid_rejects_a_non_positive_tau_w():
 
 
 def test_msd_of_a_random_walk_grows_like_sigma2_lag():
-    sigma, steps = 0.05, checkpoint_steps(1000, 10)
+    sigma, steps = 0.05, log_grid(1000, 10)
     traj = make_trajectory(steps=steps, sigma=sigma, group_sizes={"layer1": 20000, "readout": 5000})
     delta = msd(traj["theta"], [10, 100])
     assert delta.dims == ("depth", "width", "seed", "tau_w", "time")
@@ -119,7 +118,7 @@ def test_msd_of_a_random_walk_grows_like_sigma2_lag():
 
 
 def test_msd_of_a_frozen_net_is_zero_on_both_grids():
-    steps = checkpoint_steps(100, 10)
+    steps = log_grid(100, 10)
     traj = make_trajectory(steps=steps, theta=np.tile(np.arange(11.0), (steps.size, 1)))
     delta = msd(traj["theta"], [10])
     assert np.nanmax(delta.where(delta[LAG_COORD] >= 0)) == 0.0
@@ -141,7 +140,7 @@ def finite(*arrays):
 @pytest.fixture(scope="module")
 def walk():
     """A Gaussian random walk of 20000 parameters from θ0 ~ N(0, 1), 20 checkpoints per decade."""
-    steps = checkpoint_steps(1000, 20)
+    steps = log_grid(1000, 20)
     traj = make_trajectory(steps=steps, sigma=WALK_SIGMA, group_sizes={"layer1": 15000, "readout": 5000})
     return run_observables(traj, dataclasses.replace(CONFIG, tau_w=[10, 100]), PROVENANCE).squeeze()
 
@@ -186,7 +185,7 @@ def test_random_walk_relaxation_times_solve_the_erf(walk):
 
 def test_cosine_of_a_walk_from_zero_is_the_square_root_of_the_time_ratio():
     rng = np.random.default_rng(7)
-    steps = checkpoint_steps(1000, 10)
+    steps = log_grid(1000, 10)
     theta = np.cumsum(rng.normal(size=(steps.size, 20000)) * np.sqrt(np.diff(steps, prepend=0))[:, None], 0)
     traj = make_trajectory(steps=steps, theta=theta, group_sizes={"layer1": 10000, "readout": 10000})
     pair = two_time_observables(traj["theta"], [10, 100], overlap_f=100, groups=traj["group"])
@@ -217,7 +216,7 @@ def test_half_frozen_half_gaussian_displacements_have_alpha2_one():
 
 
 def test_frozen_net_has_zero_displacement_full_overlap_and_no_relaxation():
-    steps = checkpoint_steps(100, 10)
+    steps = log_grid(100, 10)
     traj = make_trajectory(steps=steps, theta=np.tile(np.arange(11.0), (steps.size, 1)))
     ds = run_observables(traj, CONFIG, PROVENANCE).squeeze()
     for name, value in {"msd": 0, "quartic": 0, "overlap": 1, "cosine": 1}.items():  # C = x / sqrt(x²) = 1
@@ -256,7 +255,7 @@ def test_relaxation_time_interpolates_linearly_in_log_lag_and_in_lag_from_zero()
 
 
 def test_overlap_and_cosine_are_interpolated_linearly_in_log_lag():
-    steps = checkpoint_steps(1000, 10)
+    steps = log_grid(1000, 10)
     lag = steps[None, :] - np.array([[10]])
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(lag > 0, 0.2 - 0.1 * np.log(np.where(lag > 0, lag, 1)), np.nan)  # crosses 0
@@ -308,7 +307,7 @@ def test_msd_is_the_plain_mean_square_to_the_last_bit():
 
 
 def test_lag_grid_interpolation_is_exact_for_a_power_law():
-    steps = checkpoint_steps(1000, 10)
+    steps = log_grid(1000, 10)
     tau_w = np.array([10, 100])
     lag = steps[None, :] - tau_w[:, None]
     with np.errstate(invalid="ignore"):
@@ -402,7 +401,7 @@ def test_diverged_run_is_invalid_not_censored():
 
 def test_a_run_knocked_back_above_its_initial_loss_diverged_there():
     """The study's divergence criterion is the stability scan's: NaN, or back above the initial loss."""
-    steps = checkpoint_steps(1000, 10)
+    steps = log_grid(1000, 10)
     loss = 0.5 + 2.0 / np.sqrt(1.0 + steps)
     spike = int(steps[np.searchsorted(steps, 300)])
     knocked = np.where(steps >= spike, 3.0, loss)  # a gradient spike at `spike`: 3 > 2.5 at step 0
@@ -468,7 +467,7 @@ def test_run_observables_merges_the_probes_as_they_are():
     ("probes", "message"),
     [
         (
-            lambda t: probes_of(t, steps=checkpoint_steps(1000, 12)),
+            lambda t: probes_of(t, steps=log_grid(1000, 12)),
             r"time, step differ from the trajectory's \(probes: 34 checkpoints, the trajectory 29\); re-run",
         ),
         (lambda t: probes_of(t).assign_coords(seed=[1]), "seed differ"),
@@ -621,7 +620,7 @@ def test_a_layers_two_biases_count_once_as_their_sum(cell):
 
     vocab, depth, width = (3, 4, 2, 3), 2, 5
     specs = model.param_specs(cell, depth, width, vocab)
-    steps = checkpoint_steps(100, 10)
+    steps = log_grid(100, 10)
     traj = make_trajectory(depth=depth, width=width, steps=steps, cell=cell, group_sizes={
         **{f"layer{i}": sum(s.size for s in specs if s.group == f"layer{i}") for i in range(1, depth + 1)},
         "readout": sum(s.size for s in specs if s.group == "readout"),
@@ -658,7 +657,7 @@ def test_a_layers_two_biases_count_once_as_their_sum(cell):
 
 
 def test_normalised_msd_divides_by_the_mean_square_parameter_at_tau_w():
-    steps = checkpoint_steps(1000, 10)
+    steps = log_grid(1000, 10)
     traj = make_trajectory(steps=steps, sigma=0.05)
     ds = run_observables(traj, dataclasses.replace(CONFIG, tau_w=[10, 100]), PROVENANCE).squeeze()
     theta = traj["theta"].values[0, 0, 0].astype(float)
