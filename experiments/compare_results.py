@@ -23,7 +23,8 @@ import numpy as np
 import xarray as xr
 
 COMBINED = ["study.nc", "aging.nc", "langevin.nc", "stability.nc", "fits.nc", "sgd_floor/*.nc"]
-TEXT = ["science_checks.md", "metrics.json", "proposed_widths.yaml", "stability.md"]
+# metrics.json lives beside the results folder (in git), the rest inside it
+TEXT = ["science_checks.md", "../metrics.json", "proposed_widths.yaml", "stability.md"]
 PROVENANCE = {"code_sha256", "params_sha256"}
 
 

@@ -203,7 +203,7 @@ def test_a_diverging_run_stops_is_masked_and_left_out_and_the_study_completes(tm
     excluded += [f"aging d1_w8_s{s} (diverged at step {k})" for s, k in aging_divergence(repo)]
     fits = io.read_netcdf(repo / "results/fits.nc")
     assert fits.attrs["excluded_runs"] == "; ".join(excluded)
-    assert json.loads((repo / "results/metrics.json").read_text())["excluded_runs"] == excluded
+    assert json.loads((repo / "metrics.json").read_text())["excluded_runs"] == excluded
     assert (
         f"left out of every fit: {'; '.join(excluded)}" in (repo / "results/logs/fit_study.log").read_text()
     )

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,14 @@ def test_dvc_stages_ask_snakemake_for_exactly_their_outs(tmp_path):
         # common.smk builds the rules' params (the aging and Langevin sections) and paths: rule code too
         assert "workflow/rules/common.smk" in stage["deps"], name
     assert set(rule_of_target) == set(jobs), f"not built by any stage: {set(jobs) - set(rule_of_target)}"
+
+
+def test_git_tracks_nothing_under_results():
+    """Results belong to DVC (git tracks dvc.lock, and metrics.json beside it)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert tracked.stdout == ""
 
 
 def test_dvc_code_writes_each_stages_modules_and_finds_dvc_yaml_current():
@@ -210,13 +219,13 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     assert run(["dvc", "status", "--quiet"], repo, check=False).returncode == 0
     assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    shown = metrics[""]["data"]["results/metrics.json"]["data"]
+    shown = metrics[""]["data"]["metrics.json"]["data"]
     assert {"data_floor", "d1", "d2"} <= set(shown) and "clipped_fraction_max" in shown[
         "d1"
     ]  # (DVC hides nulls)
     traj = repo / "results/runs/d1_w8_s0/trajectory.nc"
     before = traj.read_bytes()
-    git_commit(repo, "the tiny study")  # results/metrics.json is in git, not in DVC's cache
+    git_commit(repo, "the tiny study")  # metrics.json (beside dvc.lock) is in git, not in DVC's cache
 
     edit_params(repo, {"figures": {"dpi": 70}})
     log = run(["dvc", "repro"], repo).stdout
@@ -230,7 +239,7 @@ def test_dvc_repro_reruns_exactly_what_an_edit_touches(tmp_path):
     git_commit(repo, "aging collapse from tau_w = 10")
     # two commits compared: the collapse metrics that changed, the figures of each
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo).stdout)
-    changed = diff.get("results/metrics.json", {})
+    changed = diff.get("metrics.json", {})
     assert changed and all(".S_" in key or ".mu" in key for key in changed), diff
     plots = json.loads(run(["dvc", "plots", "diff", "HEAD~2", "HEAD~1", "--json"], repo).stdout)["data"]
     images = plots["results/figures/loss_curves.png"]  # one per revision, rendered from DVC's cache

@@ -10,7 +10,7 @@ rule fit_study:
         code=code("fit_study.py"),
     output:
         fits="results/fits.nc",
-        metrics="results/metrics.json",
+        metrics="metrics.json",
     log:
         f"{LOGS}/fit_study.log",
     benchmark:
