@@ -73,6 +73,7 @@ def test_trajectory_has_the_contract_layout(encoded):
     assert ds.attrs["status"] == "completed" and ds.attrs["diverged_step"] == -1
     assert ds.attrs["batch_size"] == 6 and ds.attrs["device"] == "cpu"
     keys = {f.name for f in dataclasses.fields(sgd.TrainConfig)} - {"resume_every"}
+    keys |= {"device_name", "cuda_version"}  # what the device it ran on was (bachglass.device.attrs)
     assert set(trajectory.training_attrs(ds.attrs)) == keys  # every train key, so a new option is recorded
     assert np.isfinite(ds.heldout_loss).all()
     for name in ("loss", "heldout_loss", "theta", "clip_fraction", "grad_norm_max"):

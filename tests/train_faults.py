@@ -131,6 +131,7 @@ def main() -> None:
     if len(sys.argv) > 4:
         inject(sys.argv[4], int(sys.argv[5]))
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("bachglass").setLevel(logging.DEBUG)  # the periodic saves too, as in a rule's log
     torch.set_num_threads(1)
     data = io.read_netcdf(encoded, required=train.ENCODED_VARIABLES)
     paths = runs(run_dir)

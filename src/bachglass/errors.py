@@ -25,17 +25,22 @@ class DataError(BachglassError):
 def run_step(main: Callable[[], None], log: str | Path | None = None) -> None:
     """Run a workflow step; report a ``BachglassError`` as one line on stderr and in the log, exit 1.
 
-    Library logging goes to stderr and, when given, to the rule's log file (appended to: a script run
-    by hand keeps earlier attempts; Snakemake deletes a rule's log before each job, and on SLURM the
-    job's own log keeps every attempt). Our own bugs keep their traceback, in the log too.
+    Library logging from INFO on goes to stderr (beside a training job's progress bar) and, when given,
+    to the rule's log file, which gets bachglass's DEBUG lines too (each resumable save). The file is
+    appended to: a script run by hand keeps earlier attempts; Snakemake deletes a rule's log before each
+    job, and on SLURM the job's own log keeps every attempt. Our own bugs keep their traceback, in the log
+    too.
     """
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = [console]
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log, mode="a"))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True
     )
+    logging.getLogger("bachglass").setLevel(logging.DEBUG)  # to the log file only: the console takes INFO
     try:
         main()
     except BachglassError as err:

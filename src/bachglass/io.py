@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -159,13 +161,30 @@ def code_sha256(modules: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-PROVENANCE_KEYS = ("Conventions", "source", "references", "bachglass_version", "code_sha256", "params_sha256")
+PROVENANCE_KEYS = (
+    "Conventions",
+    "source",
+    "references",
+    "bachglass_version",
+    "code_sha256",
+    "params_sha256",
+    "software",
+)
+# the libraries whose versions the numbers depend on (all of them pinned in requirements/*.txt)
+SOFTWARE = ("torch", "numpy", "scipy", "xarray", "netCDF4", "music21", "matplotlib")
+
+
+def software() -> str:
+    """Return ``python 3.11; torch 2.13.0+cpu; …``: the Python minor version, :data:`SOFTWARE`'s versions."""
+    versions = [f"{name} {metadata.version(name)}" for name in SOFTWARE]
+    return "; ".join([f"python {sys.version_info.major}.{sys.version_info.minor}", *versions])
 
 
 def provenance(params: Any, code: str | Path) -> dict[str, str]:
     """Provenance attributes for a NetCDF output: no dates, so identical inputs give identical bytes.
 
-    ``code`` is the source file that computes it (``__file__``): the hash covers what it runs.
+    ``code`` is the source file that computes it (``__file__``): the hash covers what it runs; the
+    library versions are :func:`software`'s (the same on every machine that installed the same lock).
     """
     values = (
         "CF-1.11",
@@ -174,6 +193,7 @@ def provenance(params: Any, code: str | Path) -> dict[str, str]:
         __version__,
         code_sha256(code_modules(code)),
         params_sha256(params),
+        software(),
     )
     return dict(zip(PROVENANCE_KEYS, values, strict=True))
 

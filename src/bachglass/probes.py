@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from bachglass import device as devices
 from bachglass import labels, model
 from bachglass.errors import DataError
 
@@ -267,7 +268,8 @@ def probe_run(
     recorded in the sharpness attributes (CPU and CUDA values differ by round-off).
     """
     net = _check(trajectory, encoded)
-    device = resolve_device(config.device) if device is None else torch.device(device)
+    device = devices.resolve(config.device, "probes.device") if device is None else torch.device(device)
+    devices.announce(device)
     layout = model.HeadLayout(net.vocab_sizes)
     train, heldout = model.encode_splits(encoded, layout, F64, device)
     theta, steps = _snapshots(trajectory).to(device), trajectory["step"].values
@@ -283,15 +285,8 @@ def probe_run(
     tokens, mask = encoded["tokens"].values[first], encoded["mask"].values[first]
     subset = model.encode_batch(tokens, mask, layout, F64, device)  # trimmed to their own length
     values["sharpness"][index] = sharpness(net, theta[index], subset, config.power_iterations)
-    attrs = asdict(config) | {"sharpness_chorales": len(first), "device": device.type}  # as used
+    attrs = asdict(config) | {"sharpness_chorales": len(first)} | devices.attrs(device)  # as used
     return _dataset(trajectory, {k: v.cpu().numpy() for k, v in values.items()}, attrs)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``auto`` (CUDA when present) as a torch device."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _snapshots(trajectory: xr.Dataset) -> Tensor:

@@ -59,7 +59,7 @@ def save(ens: pack_state.PackState, saving: list[tuple[Path, int]], identities: 
     for path, m in saving:
         with io.atomic_path(path) as tmp:
             torch.save(ens.state(m, identities[m]), tmp)
-    log.info("step %d of %d: resumable state saved", ens.step, ens.config.steps)
+    log.debug("step %d of %d: resumable state saved", ens.step, ens.config.steps)  # the rule's log only
 
 
 def stop(

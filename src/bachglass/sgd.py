@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bachglass import device as devices
 from bachglass import model
 from bachglass.errors import DataError, ParamsError
 
@@ -53,7 +54,7 @@ class TrainConfig:
 
 
 def resolve(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    """Device (``auto``: CUDA when present, else CPU) and dtype of a run."""
+    """Device (:func:`bachglass.device.resolve`) and dtype of a run."""
     if config.init not in model.INITS:
         raise ParamsError(f"train.init: {config.init!r} is not one of {', '.join(model.INITS)}")
     if config.cell not in model.CELLS or config.dtype not in DTYPES:
@@ -61,11 +62,7 @@ def resolve(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
             f"train: cell {config.cell!r} or dtype {config.dtype!r} unknown; "
             f"use one of {list(model.CELLS)} and {list(DTYPES)}"
         )
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("train.device: 'cuda' but no CUDA device is available; use auto or cpu")
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), DTYPES[config.dtype]
-    return torch.device(config.device), DTYPES[config.dtype]
+    return devices.resolve(config.device, "train.device"), DTYPES[config.dtype]
 
 
 def noise_generator(seed: int, device: torch.device) -> torch.Generator:

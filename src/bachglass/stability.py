@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from bachglass import device as devices
 from bachglass import io, labels, model, pack_state, probes, sgd, trajectory
 from bachglass.divergence import divergence_step
 from bachglass.errors import DataError, ParamsError
@@ -93,6 +94,7 @@ def scan_cell(
         device=device,
     )  # its init is validated only: each member's own is drawn below
     device, dtype = sgd.resolve(cfg)
+    devices.announce(device)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
     train_set, heldout = model.encode_splits(encoded, layout, dtype, device)
     data = pack_state.Data(train_set, heldout, layout)
@@ -153,7 +155,9 @@ def scan_cell(
     )
     _sharpness(out["sharpness"], snapshots, cfg.cell, depth, width, layout, encoded, config, device)
     diverged = np.array([m.diverged_step for m in ens.members])
-    return _dataset(out, grid, cells, config, depth, width, batch_size, diverged, ens, specs)
+    cell = _dataset(out, grid, cells, config, depth, width, batch_size, diverged, ens, specs)
+    cell.attrs |= devices.attrs(device)
+    return cell
 
 
 def _sharpness(

@@ -21,6 +21,7 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
+from bachglass import device as devices
 from bachglass import io, model, trajectory
 from bachglass.errors import ParamsError
 from bachglass.pack_state import Data, PackState, Start, make_engine
@@ -75,6 +76,7 @@ def train_runs(
         raise ParamsError(f"train.temperature: {config.temperature} is not >= 0; use 0 (no noise) or more")
     checkpoints = [None] * len(seeds) if checkpoints is None else checkpoints
     device, dtype = resolve(config)
+    devices.announce(device)
     layout = model.HeadLayout(tuple(int(v) for v in encoded["vocab_size"].values))
     train, heldout = model.encode_splits(encoded, layout, dtype, device)
     specs = model.param_specs(config.cell, depth, width, layout.vocab_sizes)
@@ -118,7 +120,7 @@ def train_runs(
             _train(ens, grid, paths, [identities[k] for k in members], name, progress, received)
             floor = float(encoded.attrs["data_floor"])
             for m, k in enumerate(members):
-                trajectories[k] = _trajectory(ens, m, grid, specs, identities[k], str(device), floor)
+                trajectories[k] = _trajectory(ens, m, grid, specs, identities[k], device, floor)
     return trajectories  # type: ignore[return-value]
 
 
@@ -259,7 +261,7 @@ def _trajectory(
     grid: np.ndarray,
     specs: list[model.ParamSpec],
     identity: dict[str, Any],
-    device: str,
+    device: torch.device,
     data_floor: float,
 ) -> xr.Dataset:
     """Member ``m``'s trajectory (:func:`bachglass.trajectory.run_dataset`) with the training attributes."""
@@ -277,7 +279,7 @@ def _trajectory(
         "dtype": ens.config.dtype,
         "n_parameters": int(sum(s.size for s in specs)),
         "data_floor": data_floor,
-        "device": device,
+        **devices.attrs(device),  # device, device_name, cuda_version
         "status": "diverged" if member.diverged_step >= 0 else "completed",
         "diverged_step": int(member.diverged_step),
         "temperature": float(ens.config.temperature),  # Langevin T, nats per note (0: plain (S)GD)

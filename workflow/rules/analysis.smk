@@ -15,8 +15,6 @@ rule fit_study:
         f"{LOGS}/fit_study.log",
     benchmark:
         f"{BENCHMARKS}/fit_study.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
         fits=config["fits"],
         observables=config["observables"],
@@ -37,8 +35,6 @@ rule propose_widths:
         f"{LOGS}/propose_widths.log",
     benchmark:
         f"{BENCHMARKS}/propose_widths.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
         grid=config["grid"],
         adaptive=config["adaptive"],
@@ -57,8 +53,6 @@ rule check_science:
         f"{LOGS}/check_science.log",
     benchmark:
         f"{BENCHMARKS}/check_science.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../scripts/check_science.py"
 
@@ -78,8 +72,6 @@ rule plot_figures:
         f"{LOGS}/plot_figures.log",
     benchmark:
         f"{BENCHMARKS}/plot_figures.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
         figures=config["figures"],
     script:

@@ -19,8 +19,6 @@ rule get_chorales:
         f"{BENCHMARKS}/get_chorales.tsv"
     # On a cluster a download (data.source: url) runs where snakemake runs: compute nodes often have no internet.
     localrule: config["data"]["source"] == "url"
-    conda:
-        "../../envs/data.yaml"
     params:
         data=config["data"],
         download_dir=f"{DATA}/chorales",  # a download stays there: checked, not fetched, next time
@@ -39,8 +37,6 @@ rule encode_chorales:
         f"{LOGS}/encode_chorales.log",
     benchmark:
         f"{BENCHMARKS}/encode_chorales.tsv"
-    conda:
-        "../../envs/data.yaml"
     params:
         encoding=config["encoding"],
     script:
@@ -62,8 +58,6 @@ rule publish_data:
     log:
         f"{LOGS}/publish_data.log",
     localrule: True
-    conda:
-        "../../envs/data.yaml"
     params:
         data=config["data"],
         encoding=config["encoding"],

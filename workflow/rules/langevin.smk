@@ -30,8 +30,6 @@ rule combine_langevin:
         f"{LOGS}/combine_langevin.log",
     benchmark:
         f"{BENCHMARKS}/combine_langevin.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
         grid=langevin_params()["grid"],
     script:

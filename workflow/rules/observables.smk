@@ -10,8 +10,6 @@ rule extract_observables:
         f"{LOGS}/extract_observables/{RUN_ID}.log",
     benchmark:
         f"{BENCHMARKS}/extract_observables/{RUN_ID}.tsv"
-    conda:
-        "../../envs/torch.yaml"
     threads: 1
     params:
         observables=config["observables"],
@@ -31,8 +29,6 @@ rule combine_study:
         f"{LOGS}/combine_study.log",
     benchmark:
         f"{BENCHMARKS}/combine_study.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
         grid=config["grid"],
     script:

@@ -18,8 +18,6 @@ rule train_floor:
         f"{LOGS}/train_floor/{FLOOR_ID}.log",
     benchmark:
         f"{BENCHMARKS}/train_floor/{FLOOR_ID}.tsv"
-    conda:
-        "../../envs/torch.yaml"
     threads: 1
     params:
         sgd_floor={key: config["sgd_floor"][key] for key in SETTING_KEYS},
@@ -40,8 +38,6 @@ rule restart_floor:
         f"{LOGS}/restart_floor/x{{factor}}.log",
     benchmark:
         f"{BENCHMARKS}/restart_floor/x{{factor}}.tsv"
-    conda:
-        "../../envs/torch.yaml"
     threads: 1
     params:
         sgd_floor={key: config["sgd_floor"][key] for key in RESTART_KEYS},

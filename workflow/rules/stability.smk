@@ -13,8 +13,6 @@ rule scan_stability:
         f"{LOGS}/scan_stability/{STABILITY_ID}.log",
     benchmark:
         f"{BENCHMARKS}/scan_stability/{STABILITY_ID}.tsv"
-    conda:
-        "../../envs/torch.yaml"
     threads: 1
     params:
         stability=config["stability"],
@@ -35,8 +33,6 @@ rule combine_stability:
         f"{LOGS}/combine_stability.log",
     benchmark:
         f"{BENCHMARKS}/combine_stability.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
         grid={key: config["stability"][key] for key in ("depth", "width", "batch_size")},
     script:

@@ -14,8 +14,6 @@ rule train_pack:
         f"{LOGS}/train_pack/{RUN_ID}.log",
     benchmark:
         f"{BENCHMARKS}/train_pack/{RUN_ID}.tsv"
-    conda:
-        "../../envs/torch.yaml"
     threads: 1
     params:
         train=config["train"],
