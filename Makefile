@@ -5,6 +5,7 @@
 # Also:
 #   make smoke  the tiny study of the tests (about 2 minutes), in .smoke/ so it never touches results/
 #   make lock   re-resolve requirements/*.txt after an edit of pyproject.toml (UPGRADE=--upgrade: newest versions)
+#   make gpu-check  on a GPU machine: CUDA tests, GPU benchmark, tiny study on cuda; bench/results/gpu_check.md
 # On a GPU node: make venv LOCK=requirements/cuda.txt (docs/development.md#the-locked-environment).
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +21,7 @@ UV_VERSION := 0.13.8
 LOCK_FOR := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --extra dev
 UPGRADE ?=
 
-.PHONY: run test smoke venv lock check-python clean-venv FORCE
+.PHONY: run test smoke venv lock gpu-check check-python clean-venv FORCE
 
 venv: $(STAMP)
 
@@ -58,6 +59,9 @@ smoke: $(STAMP)
 	git ls-files -co --exclude-standard | grep -v '^\.smoke/' | tar -cf - -T - | tar -xf - -C .smoke
 	cd .smoke && ../$(BIN)/snakemake --cores all --configfile tests/tiny.yaml
 	@echo "smoke run done: .smoke/results/ (science_checks.md, figures/, study.nc); rm -rf .smoke to discard"
+
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh
 
 lock: $(STAMP)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)

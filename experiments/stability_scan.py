@@ -71,7 +71,8 @@ def main() -> None:
         safety_norm=args.safety_norm,
         checkpoints_per_decade=25,
         sharpness_per_decade=3,
-        power_iterations=20,
+        power_iterations=100,
+        power_tolerance=1e-3,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [

@@ -12,7 +12,9 @@ from bachglass.errors import ParamsError
 
 torch.set_num_threads(1)
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
-PROBES = probes.ProbesConfig(sharpness_per_decade=1, power_iterations=5, sharpness_chorales=2, device="cpu")
+PROBES = probes.ProbesConfig(
+    sharpness_per_decade=1, power_iterations=5, power_tolerance=0.0, sharpness_chorales=2, device="cpu"
+)
 
 
 @pytest.fixture(scope="module")

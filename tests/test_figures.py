@@ -1,9 +1,12 @@
+import itertools
 import logging
 
 import numpy as np
 import pytest
 import xarray as xr
 from conftest import fits_config, log_grid, make_trajectory
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 from bachglass import figures, io, langevin, phases
 from bachglass.figures_aging import examples
@@ -11,6 +14,7 @@ from bachglass.figures_layout import (
     CENSORED,
     INVERSE_TAU_LABEL,
     LOSS_LABEL,
+    SMALL,
     STEPS_LABEL,
     TAU_LABEL,
     WIDTH_LABEL,
@@ -326,7 +330,10 @@ def test_phase_map_colours_every_grid_point(data, tmp_path):
     shown = np.asarray(mesh.get_array()).reshape(phase.shape)
     assert (shown == [[codes.index(p) for p in row] for row in phase]).all()
     assert len(np.unique(phase)) >= 2  # the synthetic study spans phases (narrow nets stay confused)
-    assert {"comprehension", "grokking", "memorisation", "confusion"} <= set(legend_texts(fig))
+    meanings = fits["generalisation_phase"].attrs["flag_meanings"].split()
+    assert legend_texts(fig) == [meanings[codes.index(p)] for p in sorted(np.unique(phase))]  # only these
+    swatches = fig.axes[0].get_legend().legend_handles
+    assert all(h.get_markeredgecolor() not in ("none", h.get_markerfacecolor()) for h in swatches)
 
 
 def test_langevin_figure_rescales_time_by_tau_e(data, tmp_path):
@@ -345,3 +352,50 @@ def test_langevin_figure_rescales_time_by_tau_e(data, tmp_path):
     slope = float(fits["langevin_tau_e_exponent"].sel(langevin_tau_w=tau_w))
     assert f"τ_w = {tau_w}: slope {slope:.2f}" in legend_texts(fig)  # read from fits.nc, not refitted
     assert "no Langevin sweep" in figures.langevin_tts(None).axes[0].texts[0].get_text()
+
+
+# the clipped-GD variant's widths (configs/clipped_gd.yaml), the densest the project ships: 10-16 in
+# steps of 1 crowd a log axis
+DENSE_WIDTHS = (4, 6, 8, 10, 11, 12, 13, 14, 15, 16, 18, 20, 24, 32)
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return study_and_fits(widths=DENSE_WIDTHS, depths=(2, 3))
+
+
+def test_every_figure_is_readable_on_a_slide(dense, tmp_path):
+    """Text of SMALL (9) points or more at the saved size, tick labels that do not overlap, no empty axes."""
+    study, fits = dense
+    for name, fig in figures.draw_all(study, fits, langevin=synthetic_sweep(study)):
+        FigureCanvasAgg(fig).draw()
+        renderer = fig.canvas.get_renderer()
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        assert [(t.get_text(), t.get_fontsize()) for t in texts if t.get_fontsize() < SMALL] == [], name
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+                boxes = [t.get_window_extent(renderer) for t in labels]
+                clash = [
+                    (a.get_text(), b.get_text())
+                    for (a, box_a), (b, box_b) in itertools.combinations(zip(labels, boxes, strict=True), 2)
+                    if box_a.overlaps(box_b)
+                ]
+                assert clash == [], (name, clash)
+        saved(fig, tmp_path, name)
+
+
+def test_the_langevin_title_names_the_net_without_brackets(data):
+    study, _ = data
+    sweep = synthetic_sweep(study)
+    title = figures.langevin_tts(sweep, langevin.relaxation_fits(sweep))._suptitle.get_text()
+    depth, width = int(sweep["depth"].item()), int(sweep["width"].item())
+    assert f"(d = {depth}, w = {width})" in title and "[" not in title
+
+
+def test_sgd_floor_colour_bar_names_only_the_widths_drawn(data):
+    study, fits = data
+    fig = figures.sgd_floor(study, fits)
+    drawn = sorted({w for ax in titled(fig) for w in ax.get_title().split("w = ")[1].split(", ")}, key=int)
+    bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert [t.get_text() for t in bar.get_yticklabels()] == drawn

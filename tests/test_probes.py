@@ -15,7 +15,9 @@ torch.set_num_threads(1)
 F64, CPU = torch.float64, torch.device("cpu")
 VOCAB = (5, 4, 5, 6)
 TINY = (3, 2, 3, 2)  # vocabularies small enough for a full Hessian
-CONFIG = probes.ProbesConfig(sharpness_per_decade=2, power_iterations=20, sharpness_chorales=8, device="cpu")
+CONFIG = probes.ProbesConfig(
+    sharpness_per_decade=2, power_iterations=20, power_tolerance=0.0, sharpness_chorales=8, device="cpu"
+)
 
 
 def batch_of(encoded, split="train"):
@@ -117,8 +119,33 @@ def test_hessian_products_and_sharpness_match_the_full_hessian(cell):
     hvp = probes.hessian_product(net, theta.unsqueeze(0), batch)
     columns = torch.stack([hvp(e.unsqueeze(0))[0] for e in torch.eye(len(theta), dtype=F64)], 1)
     assert (columns - hessian).abs().max().item() < 1e-10
-    value = probes.sharpness(net, theta.unsqueeze(0), batch, iterations=500)
+    value, residual = probes.sharpness(net, theta.unsqueeze(0), batch, iterations=500)
     assert value.item() == pytest.approx(top, rel=1e-6)
+    assert residual.item() < 1e-6
+
+
+@pytest.mark.parametrize("cell", sorted(model.CELLS))
+def test_the_residual_bounds_the_error_and_the_tolerance_stops_early(cell):
+    """Krylov-Weinstein: an eigenvalue lies within residual·|λ| of λ; with a tolerance, fewer products."""
+    net = probes.Net(cell, 2, 2, TINY)
+    batch = batch_of(make_encoded(2, 5, TINY, seed=2, n_heldout=0))
+    theta = random_theta(net, seed=3, scale=3.0).unsqueeze(0)
+    eigenvalues = torch.linalg.eigvalsh(
+        torch.autograd.functional.hessian(reference_loss(net, batch), theta[0])
+    )
+    for iterations in (2, 5, 20):
+        value, residual = probes.sharpness(net, theta, batch, iterations)
+        nearest = (eigenvalues - value).abs().min()
+        assert nearest <= residual * value.abs() * (1 + 1e-9), (iterations, residual)
+    hvp = probes.hessian_product(net, theta, batch)
+    products = []
+    counted = lambda v: products.append(1) or hvp(v)  # noqa: E731
+    start = probes.start_vector(theta.shape[1])
+    value, residual = probes.top_algebraic(counted, start.unsqueeze(0), 500, tolerance=1e-3)
+    assert residual.item() <= 1e-3 and len(products) < 500
+    assert value.item() == pytest.approx(eigenvalues.max().item(), rel=1e-2)
+    unstopped = probes.top_algebraic(hvp, start.unsqueeze(0), len(products), tolerance=0.0)
+    assert torch.equal(unstopped[0], value)  # the stop keeps the value of the product that met it
 
 
 def test_batched_sharpness_equals_one_checkpoint_at_a_time():
@@ -126,10 +153,13 @@ def test_batched_sharpness_equals_one_checkpoint_at_a_time():
     batch = batch_of(make_encoded(3, 8, VOCAB, seed=4))
     thetas = torch.stack([random_theta(net, seed) for seed in range(3)])
     thetas[1] = torch.nan  # a diverged checkpoint is NaN and spoils no other
-    together = probes.sharpness(net, thetas, batch, iterations=10)
-    apart = [probes.sharpness(net, theta.unsqueeze(0), batch, iterations=10) for theta in thetas]
-    assert torch.isnan(together[1])
-    torch.testing.assert_close(together, torch.cat(apart), rtol=1e-10, atol=0, equal_nan=True)
+    for tolerance in (0.0, 0.05):  # with a tolerance each row stops at its own product, whoever shares it
+        together = probes.sharpness(net, thetas, batch, iterations=10, tolerance=tolerance)
+        apart = [probes.sharpness(net, theta.unsqueeze(0), batch, 10, tolerance) for theta in thetas]
+        for k, name in enumerate(("sharpness", "residual")):
+            assert torch.isnan(together[k][1]), name
+            alone = torch.cat([a[k] for a in apart])
+            torch.testing.assert_close(together[k], alone, rtol=1e-10, atol=0, equal_nan=True)
 
 
 def test_sharpness_steps_are_log_spaced_with_the_first_and_last_checkpoint():
@@ -197,14 +227,17 @@ def test_sharpness_is_the_largest_eigenvalue_of_a_net_whose_negative_one_dominat
     theta = random_theta(net, seed=9, scale=3.0)
     eigenvalues = torch.linalg.eigvalsh(torch.autograd.functional.hessian(reference_loss(net, batch), theta))
     assert -eigenvalues.min() > 5 * eigenvalues.max() > 0  # the case this test is about
-    value = probes.sharpness(net, theta.unsqueeze(0), batch, iterations=2000)
+    value, residual = probes.sharpness(net, theta.unsqueeze(0), batch, iterations=2000)
     assert value.item() == pytest.approx(eigenvalues.max().item(), rel=1e-6)
+    assert residual.item() < 1e-6  # of H at λ_max, though found on the shifted operator
 
 
 def test_probe_run_values(encoded, trajectory):
     ds = probes.probe_run(trajectory, encoded, CONFIG, CPU).squeeze(("depth", "width", "seed"))
     measured = np.isin(ds.step, probes.sharpness_steps(ds.step.values, CONFIG.sharpness_per_decade))
     assert np.isfinite(ds.sharpness.values[measured]).all() and np.isnan(ds.sharpness.values[~measured]).all()
+    residual = ds.sharpness_residual.values
+    assert (residual[measured] >= 0).all() and np.isnan(residual[~measured]).all()
     net = probes.Net("rnn_tanh", 2, 4, VOCAB)
     last = torch.as_tensor(trajectory.theta.values[0, 0, 0, -1:], dtype=F64)
     hvp = probes.hessian_product(net, last, batch_of(encoded))
@@ -222,18 +255,20 @@ def test_probe_run_values(encoded, trajectory):
 
 def test_sharpness_uses_the_first_training_chorales_only(encoded, trajectory):
     config = probes.ProbesConfig(
-        sharpness_per_decade=1, power_iterations=5, sharpness_chorales=2, device="cpu"
+        sharpness_per_decade=1, power_iterations=5, power_tolerance=0.0, sharpness_chorales=2, device="cpu"
     )
     ds = probes.probe_run(trajectory, encoded, config, CPU).squeeze(("depth", "width", "seed"))
     first_two = batch_of(encoded.isel(chorale=[0, 1]))
     net, last = probes.Net("rnn_tanh", 2, 4, VOCAB), torch.as_tensor(trajectory.theta.values[0, 0, 0, -1:])
-    assert ds.sharpness.values[-1] == pytest.approx(probes.sharpness(net, last.double(), first_two, 5).item())
+    assert ds.sharpness.values[-1] == pytest.approx(
+        probes.sharpness(net, last.double(), first_two, 5)[0].item()
+    )
     assert ds.sharpness.attrs["sharpness_chorales"] == 2
 
 
 def test_no_sharpness_and_no_heldout_chorales_give_nan(encoded, trajectory):
     config = probes.ProbesConfig(
-        sharpness_per_decade=0, power_iterations=20, sharpness_chorales=8, device="cpu"
+        sharpness_per_decade=0, power_iterations=20, power_tolerance=0.0, sharpness_chorales=8, device="cpu"
     )
     ds = probes.probe_run(trajectory, encoded.isel(chorale=slice(0, 4)), config, CPU)
     assert ds.sharpness.isnull().all() and ds.heldout_accuracy.isnull().all()
@@ -301,5 +336,6 @@ def test_sharpness_is_the_largest_algebraic_eigenvalue_when_a_negative_one_domin
     b = q @ torch.diag(spectrum.abs()) @ q.T  # a second row without a negative eigenvalue: top 10
     hvp = lambda v: torch.stack([a @ v[0], b @ v[1]])  # noqa: E731
     start = probes.start_vector(12).expand(2, 12)
-    top = probes.top_algebraic(hvp, start, iterations=300)
+    top, residual = probes.top_algebraic(hvp, start, iterations=300)
     assert torch.allclose(top, torch.tensor([3.0, 10.0], dtype=torch.float64), atol=1e-6)
+    assert (residual < 1e-6).all()

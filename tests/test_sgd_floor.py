@@ -129,6 +129,7 @@ def test_stability_scan_flags_a_blow_up_and_counts_unsafe_steps(encoded):
     config = stability.ScanConfig(
         depth=[1], width=[6], seed=[0], init=["pytorch", "orthogonal"], lr=[0.05, 200.0], batch_size=[2],
         steps=60, safety_norm=1e-3, checkpoints_per_decade=10, sharpness_per_decade=1, power_iterations=5,
+        power_tolerance=0.0,
     )  # fmt: skip
     cell = stability.scan_cell(encoded, 1, 6, 2, config, "rnn_tanh", "float64", "cpu")
     scan = stability.combine([cell])

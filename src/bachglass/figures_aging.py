@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bachglass.figures_layout import LAG_LABEL, MSD_LABEL, diverged, finite, nanmean, nanmedian, panels
+from bachglass.figures_layout import LAG_LABEL, MSD_LABEL, SMALL, diverged, finite, nanmean, nanmedian, panels
 
 EXAMPLE_RATIOS = (0.6, 1.0, 2.0)  # w / w_c*: under-parametrized, near-critical, over-parametrized
 
@@ -127,7 +127,7 @@ def _tau_w_legend(fig: Figure, tau_w: np.ndarray, tw_min: float) -> None:
     handles.append(
         Line2D([], [], color="k", mfc="gold", marker="D", ls="none", label="τ_w + τ = t* (loss at floor)")
     )
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="waiting time (SGD steps)")
+    fig.legend(handles=handles, loc="outside right upper", fontsize=SMALL, title="waiting time (SGD steps)")
 
 
 def _t_star(fits: xr.Dataset, ex: Example) -> float:
@@ -146,9 +146,9 @@ def aging_msd(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     tau_w, tw_min = study["tau_w"].values, tau_w_min(fits)
     for ax, ex in zip(axes[0], exs, strict=True):
         _msd_panel(ax, _mean_msd(study, ex), _t_star(fits, ex), tw_min, None)
-        ax.set_title(_title(ex, fits), fontsize="small")
+        ax.set_title(_title(ex, fits), fontsize=SMALL)
         ax.set_xlabel(LAG_LABEL)
-    axes[0, 0].set_ylabel(MSD_LABEL, fontsize="small")
+    axes[0, 0].set_ylabel(MSD_LABEL, fontsize=SMALL)
     _tau_w_legend(fig, tau_w, tw_min)
     return fig
 
@@ -162,7 +162,7 @@ def _note(ax: Axes, text: str) -> None:
         transform=ax.transAxes,
         va="top",
         ha="left",
-        fontsize="x-small",
+        fontsize=SMALL,
         bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
     )
 
@@ -184,7 +184,7 @@ def aging_collapse(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         top, bottom = axes[0, col], axes[1, col]
         _msd_panel(top, delta, t_star, tw_min, 1.0)
         _note(top, f"S(τ/τ_w) = {float(f['S_simple']):.2f} decades\nS(τ) = {float(f['S_raw']):.2f} decades")
-        top.set_title(_title(ex, fits), fontsize="small")
+        top.set_title(_title(ex, fits), fontsize=SMALL)
         top.set_xlabel("τ/τ_w")
         if finite(mu):
             _msd_panel(bottom, delta, t_star, tw_min, mu)
@@ -193,6 +193,6 @@ def aging_collapse(study: xr.Dataset, fits: xr.Dataset) -> Figure:
             _note(bottom, "no μ fit")
         bottom.set_xlabel(f"τ/τ_w^μ (SGD steps^{1 - mu:.2f})" if finite(mu) else "τ/τ_w^μ")
     for row in axes:
-        row[0].set_ylabel("Δ(τ_w, τ)", fontsize="small")
+        row[0].set_ylabel("Δ(τ_w, τ)", fontsize=SMALL)
     _tau_w_legend(fig, tau_w, tw_min)
     return fig

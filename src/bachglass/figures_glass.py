@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from bachglass.figures_aging import Example, examples
 from bachglass.figures_layout import (
     DEPTH_LABEL,
+    SMALL,
     STEPS_LABEL,
     WIDTH_LABEL,
     diverged,
@@ -35,12 +36,12 @@ from bachglass.observables import LAG_COORD
 
 TWO_TIME = {  # variable: (axis label, y scale)
     "overlap": ("overlap Q(τ_w, τ_w + τ)", "linear"),
-    "alpha2": ("non-Gaussian parameter α₂", "symlog"),
+    "alpha2": ("non-Gaussian parameter α₂", "linear"),
     "cosine": ("1 − C(τ_w, τ_w + τ)", "log"),
 }
 RATIO_LABEL = "τ / τ_w"
 # undetermined, comprehension, grokking, memorisation, confusion (phases.py's codes -1 ... 3, in order)
-PHASE_COLOURS = ("white", "C2", "C1", "C0", "0.6")
+PHASE_COLOURS = ("0.92", "C2", "C1", "C0", "0.55")
 
 
 def _linear_when_empty(fig: Figure) -> Figure:
@@ -76,16 +77,16 @@ def _two_time_row(axes: np.ndarray, ds: xr.Dataset, ex: Example) -> None:
         values = _seed_mean(ds, name, ex.depth, ex.width)
         for j in range(tau_w.size):
             y = 1 - values[j] if name == "cosine" else values[j]
-            ax.plot(ratio[j], y, color=cmap(j), lw=1.2, label=f"τ_w = {tau_w[j]}")
+            ax.plot(ratio[j], y, color=cmap(j), lw=1.2, label=f"{tau_w[j]}")
         ax.set(xscale="log", yscale=scale, ylabel=label)
     ax = axes[3]
     for name, marker in (("tau_e", "o"), ("tau_90", "s")):
         tau = _seed_mean(ds, name, ex.depth, ex.width)
-        ax.plot(tau_w, np.where(np.isfinite(tau), tau, np.nan), marker=marker, label=name.replace("_", " "))
+        ax.plot(tau_w, np.where(np.isfinite(tau), tau, np.nan), marker=marker, label=f"τ_{name[4:]}")
     ax.plot(tau_w, tau_w, color="0.5", ls=":", label="τ = τ_w (simple aging)")
     ax.set(xscale="log", yscale="log", xlabel="τ_w (SGD steps)", ylabel="relaxation time (SGD steps)")
     ratio_text = f"w/w_c* = {ex.ratio:.2f}" if np.isfinite(ex.ratio) else "w_c* not determined"
-    axes[0].set_title(f"d = {ex.depth}, w = {ex.width} ({ratio_text})", loc="left", fontsize=9)
+    axes[0].set_title(f"d = {ex.depth}, w = {ex.width} ({ratio_text})", loc="left", fontsize=SMALL)
 
 
 def two_time(study: xr.Dataset, fits: xr.Dataset) -> Figure:
@@ -96,10 +97,11 @@ def two_time(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         _two_time_row(row, study, ex)
     for ax in axes[-1, :3]:
         ax.set_xlabel(RATIO_LABEL)
-    axes[0, 0].legend(fontsize=6, ncols=2)
-    axes[0, 3].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=SMALL, title="τ_w (SGD steps)")
+    axes[0, 3].legend(fontsize=SMALL)
     eps = f"ε = std(θ(τ_w)) / {study['overlap'].attrs.get('overlap_f', 'f'):g}"
-    fig.suptitle(f"Two-time observables (seed means; Q with {eps})", fontsize=10)
+    fig.suptitle(f"Two-time observables (seed means; Q with {eps})")
     return _linear_when_empty(fig)
 
 
@@ -118,7 +120,7 @@ def sharpness(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         ax.axhline(bound, color="k", ls="--", lw=1, label=f"2/η = {bound:g}")
         ax.set(xscale="log", yscale="log", xlabel=STEPS_LABEL, title=f"d = {depth}")
     axes[0, 0].set_ylabel("sharpness λ_max (top Hessian eigenvalue)")
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=SMALL)
     width_colourbar(fig, axes, widths)
     return _linear_when_empty(fig)
 
@@ -167,16 +169,21 @@ def generalisation_phases(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         cmap=cmap,
         vmin=-0.5,
         vmax=len(names) - 0.5,
+        edgecolors="white",
+        linewidth=2,
     )
     ax.set_xticks(np.arange(phase.sizes["width"]) + 0.5, [str(w) for w in phase["width"].values])
     ax.set_yticks(np.arange(phase.sizes["depth"]) + 0.5, [str(d) for d in phase["depth"].values])
     ax.set(xlabel=WIDTH_LABEL, ylabel=DEPTH_LABEL)
-    handles = [
-        Line2D([], [], ls="none", marker="s", ms=9, color=PHASE_COLOURS[k], label=n)
+    handles = [  # the phases that occur, each swatch edged so that a pale one shows
+        Line2D(
+            [], [], ls="none", marker="s", ms=12, mfc=PHASE_COLOURS[k], mec="0.3", label=n.replace("_", " ")
+        )
         for k, n in enumerate(names)
+        if (index == k).any()
     ]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    ax.set_title("generalisation phase (seed-mean accuracy)", fontsize=10)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=SMALL + 1)
+    ax.set_title("generalisation phase (seed-mean accuracy)")
     return fig
 
 
@@ -214,7 +221,7 @@ def langevin_tts(sweep: xr.Dataset | None, fits: xr.Dataset | None = None) -> Fi
         return fig
     _tts_panel(axes[0, 0], sweep, scaled=False)
     _tts_panel(axes[0, 1], sweep, scaled=True)
-    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=SMALL)
     ax, temperatures = axes[0, 2], sweep["temperature"].values
     for j, tau_w in enumerate(sweep["tau_w"].values):
         tau = sweep["tau_e"].sel(tau_w=tau_w)
@@ -224,7 +231,7 @@ def langevin_tts(sweep: xr.Dataset | None, fits: xr.Dataset | None = None) -> Fi
             label += f": slope {float(fits['langevin_tau_e_exponent'].sel(langevin_tau_w=tau_w)):.2f}"
         ax.plot(temperatures, mean, marker="os"[j % 2], label=label)
     ax.set(xscale="log", yscale="log", xlabel="temperature T (nats/note)", ylabel="τ_e (SGD steps)")
-    ax.legend(fontsize=8)
-    d, w = (sweep[k].values.tolist() for k in ("depth", "width"))
-    fig.suptitle(f"Langevin sweep (d = {d}, w = {w}): full-batch GD + noise √(2Tη/P)", fontsize=10)
+    ax.legend(fontsize=SMALL)
+    d, w = (", ".join(str(v) for v in sweep[k].values.ravel()) for k in ("depth", "width"))
+    fig.suptitle(f"Langevin sweep (d = {d}, w = {w}): full-batch GD + noise √(2Tη/P)")
     return _linear_when_empty(fig)

@@ -5,13 +5,14 @@ or marker in every figure, and an axis that means the same thing has the same la
 """
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import xarray as xr
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import BoundaryNorm, Colormap
+from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -27,6 +28,7 @@ EPS_LABEL = "threshold ε (nats/note)"
 W_C_LABEL = "critical width w_c (hidden units)"
 MSD_LABEL = "Δ(τ_w, τ): mean-square weight change per parameter"
 LAG_LABEL = "lag τ (SGD steps)"
+SMALL = 9  # points: the smallest text of any figure (legends, ticks, annotations), readable on a slide
 CENSORED = "not reached (censored)"
 MARKERS = ("o", "s", "D", "v", "P", "X", "*", "h")
 DIVERGED = Line2D([], [], color="0.3", marker="x", ls="none", label="diverged")
@@ -59,18 +61,20 @@ def panels(
     return fig, axes
 
 
-def nanmedian(values: np.ndarray, axis: int) -> np.ndarray:
-    """Median over seeds ignoring NaN (diverged runs); all-NaN gives NaN without a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(values, axis=axis)
+def _ignoring_nan(reduce: Callable[..., np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``reduce`` (np.nanmedian, ...) over an axis; all-NaN gives NaN without a RuntimeWarning."""
+
+    def quiet(values: np.ndarray, axis: int) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return reduce(values, axis=axis)
+
+    return quiet
 
 
-def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
-    """Mean ignoring NaN; all-NaN gives NaN without a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(values, axis=axis)
+# over seeds, ignoring the NaN of diverged runs
+nanmedian, nanmean = _ignoring_nan(np.nanmedian), _ignoring_nan(np.nanmean)
+nanmin, nanmax = _ignoring_nan(np.nanmin), _ignoring_nan(np.nanmax)
 
 
 def diverged(study: xr.Dataset) -> xr.DataArray:
@@ -85,16 +89,38 @@ def floor_factor(fits: xr.Dataset) -> float:
     return float(fits.attrs["floor_factor"])
 
 
+def width_ticks(ax: Axes, widths: np.ndarray, fraction: float = 0.1) -> None:
+    """Tick every width on a log x axis; label only widths at least ``fraction`` of the axis apart.
+
+    Greedy from the narrowest, so a grid dense near the transition (10, 11, 12, 13 ...) keeps a label on
+    every other tick or so instead of labels run together; the unlabelled ticks stay as marks.
+    """
+    logs = np.log10(np.asarray(widths, float))
+    gap = fraction * 1.1 * max(float(logs.max() - logs.min()), 0.1)  # the axis adds ~5 % each side
+    labels, last = [], -np.inf
+    for width, value in zip(widths, logs, strict=True):
+        keep = value - last >= gap
+        labels.append(f"{width:g}" if keep else "")
+        last = value if keep else last
+    ax.set_xticks(widths, labels, fontsize=SMALL)
+    ax.minorticks_off()
+
+
 def width_colours(widths: np.ndarray) -> Colormap:
     """One colour per width, by rank: the grid is log-ish spaced, so rank spreads the colours evenly."""
     return colormaps["viridis"].resampled(widths.size)
 
 
-def width_colourbar(fig: Figure, axes: np.ndarray, widths: np.ndarray) -> None:
-    """Add a discrete colour bar naming each width."""
-    norm = BoundaryNorm(np.arange(widths.size + 1) - 0.5, widths.size)
-    bar = fig.colorbar(ScalarMappable(norm, width_colours(widths)), ax=axes, ticks=np.arange(widths.size))
-    bar.ax.set_yticklabels([str(w) for w in widths])
+def width_colourbar(
+    fig: Figure, axes: np.ndarray, widths: np.ndarray, drawn: np.ndarray | None = None
+) -> None:
+    """Add a discrete colour bar naming each width (of ``drawn`` only, in their colours among ``widths``)."""
+    drawn = widths if drawn is None else np.asarray(drawn)
+    cmap = width_colours(widths)
+    colours = ListedColormap([cmap(int(np.flatnonzero(widths == w)[0])) for w in drawn])
+    norm = BoundaryNorm(np.arange(drawn.size + 1) - 0.5, drawn.size)
+    bar = fig.colorbar(ScalarMappable(norm, colours), ax=axes, ticks=np.arange(drawn.size))
+    bar.ax.set_yticklabels([str(w) for w in drawn])
     bar.set_label(WIDTH_LABEL)
 
 

@@ -17,18 +17,22 @@ from bachglass.figures_layout import (
     DIVERGED,
     LOSS_LABEL,
     PHASES,
+    SMALL,
     STEPS_LABEL,
     WIDTH_LABEL,
     depth_colour,
     diverged,
     finite,
     floor_factor,
+    nanmax,
     nanmean,
     nanmedian,
+    nanmin,
     panels,
     phase_handles,
     width_colourbar,
     width_colours,
+    width_ticks,
 )
 from bachglass.fits import OVER
 
@@ -125,7 +129,7 @@ def loss_curves(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     for ax, depth in zip(axes[0], depths, strict=True):
         _loss_panel(ax, study, fits, depth, widths)
     axes[0, 0].set_ylabel(LOSS_LABEL)
-    axes[0, 0].legend(handles=_loss_handles(study, fits, []), loc="lower left", fontsize="x-small")
+    axes[0, 0].legend(handles=_loss_handles(study, fits, []), loc="lower left", fontsize=SMALL)
     width_colourbar(fig, axes, widths)
     return fig
 
@@ -170,11 +174,13 @@ def _floor_lines(ax: Axes, fits: xr.Dataset, bottom: float) -> list[Artist]:
 def power_laws(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     """Plot the fitted exponent alpha and asymptotic loss L_inf against width, one colour per depth.
 
-    Points are seed means with error bars (seed scatter and fit error); the marker says the phase
-    (fits.phase). L_inf is on a log axis between the data floor and the under-parametrized
-    plateaus; a fit whose L_inf is at the lower bound 0 sits on the bottom edge. The dotted lines are
-    ``floor_factor`` x max(data floor, SGD floor) of each depth: L_inf above it is under-parametrized;
-    at or below it, over-parametrized once every seed's loss has got there (t*).
+    Points are seed means, the marker says the phase (fits.phase), and the depths sit side by side.
+    alpha's bars combine the seed scatter and the fit error; L_inf's bars are the range over seeds,
+    because its fit error is often larger than L_inf itself (the legend counts how often; fits.nc
+    ``L_inf_err`` has each one). L_inf is on a log axis between the data floor and the
+    under-parametrized plateaus; a fit whose L_inf is at the lower bound 0 sits on the bottom edge. The
+    dotted lines are ``floor_factor`` x max(data floor, SGD floor) of each depth: L_inf above it is
+    under-parametrized; at or below it, over-parametrized once every seed's loss has got there (t*).
     """
     depths, widths = fits["depth"].values, fits["width"].values.astype(np.float64)
     fig, axes = panels(2, sharey=False, width=4.4)
@@ -183,23 +189,29 @@ def power_laws(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     bottom = floor / 4 if floor > 0 else 1e-4  # below the floor: room for error bars, none for 1e-20 fits
     for i, depth in enumerate(depths):
         colour, phase = depth_colour(i), fits["phase"].sel(depth=depth).values
-        for ax, name in ((ax_alpha, "alpha"), (ax_inf, "L_inf")):
-            mean, err = (v[i] for v in _seed_mean(fits, name))
-            shown = np.maximum(mean, bottom) if name == "L_inf" else mean  # L_inf = 0: on the bottom edge
-            lower = shown - np.maximum(mean - err, bottom) if name == "L_inf" else err
-            ax.errorbar(widths, shown, yerr=[lower, err], color=colour, lw=1, capsize=2, label=f"d = {depth}")
-            _phase_points(ax, widths, shown, phase, colour)
+        x = widths * 10 ** (0.012 * (i - (depths.size - 1) / 2))  # side by side: bars of one depth each
+        mean, err = (v[i] for v in _seed_mean(fits, "alpha"))
+        ax_alpha.errorbar(x, mean, yerr=err, color=colour, lw=1, capsize=2, label=f"d = {depth}")
+        _phase_points(ax_alpha, x, mean, phase, colour)
+        mean = np.maximum(_seed_mean(fits, "L_inf")[0][i], bottom)  # L_inf = 0: on the bottom edge
+        values = np.maximum(fits["L_inf"].sel(depth=depth).transpose("width", "seed").values, bottom)
+        low, high = nanmin(values, axis=1), nanmax(values, axis=1)
+        ax_inf.errorbar(x, mean, yerr=[mean - low, high - mean], color=colour, lw=1, capsize=2)
+        _phase_points(ax_inf, x, mean, phase, colour)
     extra = _floor_lines(ax_inf, fits, bottom)
+    loose = fits["L_inf_err"] > fits["L_inf"]
+    fitted = int(np.isfinite(fits["L_inf"]).sum())
+    label = f"L_inf bars: seed range (fit error > L_inf in {int(loose.sum())} of {fitted} fits)"
+    extra.append(Line2D([], [], color="0.3", lw=1, marker="|", ms=8, label=label))
     ax_inf.set_ylim(bottom=bottom * 0.9)
     ax_alpha.set(ylabel=r"power-law exponent $\alpha$", title=r"exponent $\alpha$ of L - L_inf")
     ax_inf.set(yscale="log", ylabel="asymptotic loss L_inf (nats/note)", title="asymptotic loss L_inf")
     for ax in axes[0]:
         ax.set(xscale="log", xlabel=WIDTH_LABEL)
-        ax.set_xticks(widths, [f"{w:g}" for w in widths], fontsize="small")
-        ax.minorticks_off()
+        width_ticks(ax, widths)
         ax.grid(True, alpha=0.3)
     depth_handles = ax_alpha.get_legend_handles_labels()[0]
-    fig.legend(handles=depth_handles + phase_handles() + extra, fontsize="small", loc="outside right upper")
+    fig.legend(handles=depth_handles + phase_handles() + extra, fontsize=SMALL, loc="outside right upper")
     return fig
 
 
@@ -228,14 +240,16 @@ def sgd_floor(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     fig, axes = panels(depths.size)
     factor = floor_factor(fits)
     last = float(study["step"].values[-1])
+    drawn = set()
     for ax, depth in zip(axes[0], depths, strict=True):
         over = fits["width"].values[fits["phase"].sel(depth=depth).values == OVER]
         shown = over if over.size else fits["width"].values[-1:]
+        drawn |= set(shown.tolist())
         _loss_panel(ax, study, fits, depth, shown)
         ax.axhline(factor * float(fits["floor_ref"].sel(depth=depth)), color="k", ls=":", lw=1.4)
         _t_star_marks(ax, study, fits, depth, shown)
         label = "over-parametrized" if over.size else "widest (none over-parametrized)"
-        ax.set_title(f"d = {depth}: {label}\nw = {', '.join(str(w) for w in shown)}", fontsize="small")
+        ax.set_title(f"d = {depth}: {label}\nw = {', '.join(str(w) for w in shown)}", fontsize=SMALL)
         if fits.attrs["data_floor"] > 0:
             ax.set_ylim(float(fits.attrs["data_floor"]) / 2, None)
         ax.set_xlim(float(fits["window"].values[0]) / 10, last * 1.3)  # late times: where the floor is
@@ -245,8 +259,7 @@ def sgd_floor(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         Line2D([], [], color="k", marker="D", mfc="gold", ls="none", label="t*: L first below it"),
         Patch(color="gold", alpha=0.3, label="t > t*: aging collapse expected to fail"),
     ]
-    fig.legend(
-        handles=_loss_handles(study, fits, extra), loc="outside lower center", ncols=4, fontsize="small"
-    )
-    width_colourbar(fig, axes, study["width"].values)
+    fig.legend(handles=_loss_handles(study, fits, extra), loc="outside lower center", ncols=4, fontsize=SMALL)
+    widths = study["width"].values
+    width_colourbar(fig, axes, widths, widths[np.isin(widths, sorted(drawn))])
     return fig

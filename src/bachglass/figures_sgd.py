@@ -10,10 +10,12 @@
 
 import numpy as np
 import xarray as xr
+from matplotlib.axis import Axis
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
-from bachglass.figures_layout import LOSS_LABEL, panels
+from bachglass.figures_layout import LOSS_LABEL, SMALL, panels
 
 
 def stability(scan: xr.Dataset | None) -> Figure:
@@ -47,13 +49,13 @@ def stability(scan: xr.Dataset | None) -> Figure:
                         *(k, r, text),
                         ha="center",
                         va="center",
-                        fontsize=9,
+                        fontsize=SMALL,
                         weight="bold" if n else None,
                         bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
                     )
-            ax.set_title(f"d = {depth}, w = {width}", fontsize=10)
-            ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], fontsize=9)
-            ax.set_yticks(range(len(rows)), [f"{init}, {b}" for init, b in rows], fontsize=8)
+            ax.set_title(f"d = {depth}, w = {width}", fontsize=SMALL + 1)
+            ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs], fontsize=SMALL)
+            ax.set_yticks(range(len(rows)), [f"{init}, {b}" for init, b in rows], fontsize=SMALL)
     fig.supxlabel("learning rate η")
     fig.supylabel("recurrent init, batch size B (chorales per step)")
     bar = fig.colorbar(image, ax=axes, shrink=0.9)
@@ -62,9 +64,15 @@ def stability(scan: xr.Dataset | None) -> Figure:
     fig.suptitle(
         f"Unclipped constant-η SGD, {steps} steps, {n} seeds per cell\n✗k: k runs diverged; "
         f"%: steps with gradient norm > {scan.attrs.get('safety_norm', float('nan')):g}",
-        fontsize=10,
+        fontsize=SMALL + 1,
     )
     return fig
+
+
+def data_ticks(axis: Axis, values: np.ndarray) -> None:
+    """Tick a log axis at the measured values only (a few, under a decade: log ticks would crowd)."""
+    axis.set_ticks(values, [f"{v:g}" for v in values])
+    axis.set_minor_locator(NullLocator())
 
 
 def _share_text(share: float) -> str:
@@ -99,8 +107,9 @@ def sgd_floor_scaling(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         lo, hi = float(fits["sgd_floor_kappa_lo"]), float(fits["sgd_floor_kappa_hi"])
         ax.plot(x, anchor * x**kappa, "k--", lw=1, label=f"κ = {kappa:.2f} [{lo:.2f}, {hi:.2f}]")
     ax.set(xscale="log", yscale="log", xlabel="η / B", ylabel="floor − data floor (nats/note)")
-    ax.legend(fontsize=9)
-    ax.set_title(f"d = {fits.attrs.get('floor_depth')}, w = {fits.attrs.get('floor_width')}", fontsize=10)
+    data_ticks(ax.xaxis, np.unique(ratio))
+    ax.legend(fontsize=SMALL)
+    ax.set_title(f"d = {fits.attrs.get('floor_depth')}, w = {fits.attrs.get('floor_width')}")
     ax = axes[0, 1]
     if "restart_floor" in fits:
         parent = float(fits["sgd_floor_measured"].values[0])
@@ -109,8 +118,9 @@ def sgd_floor_scaling(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         ax.plot(factors, floors, "o-", label="floor after the restart")
         ax.axhline(data_floor, color="0.5", ls=":", label="data floor")
         ax.set(xscale="log", yscale="log", xlabel="η after restart / η", ylabel=LOSS_LABEL)
-        ax.legend(fontsize=9)
-        ax.set_title(f"restart at step {fits.attrs.get('restart_step', '?')}", fontsize=10)
+        data_ticks(ax.xaxis, factors)
+        ax.legend(fontsize=SMALL)
+        ax.set_title(f"restart at step {fits.attrs.get('restart_step', '?')}", fontsize=SMALL + 1)
     else:
         ax.text(0.5, 0.5, "no restarts", ha="center")
     return fig

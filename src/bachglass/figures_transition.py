@@ -20,6 +20,7 @@ from bachglass.figures_layout import (
     MARKERS,
     PHASE_COLOURS,
     PHASES,
+    SMALL,
     TAU_LABEL,
     W_C_LABEL,
     WIDTH_LABEL,
@@ -31,6 +32,7 @@ from bachglass.figures_layout import (
     nanmedian,
     panels,
     phase_handles,
+    width_ticks,
 )
 
 EPS_LEGEND_TITLE = "ε: loss ≤ floor + ε\n(nats/note)"
@@ -107,7 +109,7 @@ def _tau_legend(fig: Figure, eps: np.ndarray, tau: np.ndarray, inverse: bool) ->
         handles.append(
             Line2D([], [], color="0.3", marker="|", ms=8, label="w_c(ε) and its CI\n(rows below 0)")
         )
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small", title=EPS_LEGEND_TITLE)
+    fig.legend(handles=handles, loc="outside right upper", fontsize=SMALL, title=EPS_LEGEND_TITLE)
 
 
 def learning_times(study: xr.Dataset, fits: xr.Dataset) -> Figure:
@@ -228,7 +230,7 @@ def critical_widths(study: xr.Dataset, fits: xr.Dataset) -> Figure:
             if label not in labels:
                 handles.append(h)
                 labels.append(label)
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    fig.legend(handles, labels, loc="outside right upper", fontsize=SMALL)
     return fig
 
 
@@ -259,18 +261,15 @@ def phase_diagram(study: xr.Dataset, fits: xr.Dataset) -> Figure:
         )
         for w, d, n, r in zip(star[ok], depths[ok], fits["n_star"].values[ok], per_note[ok], strict=True):
             text = f"N* = {n:.0f}" + (f", N*/P = {r:.2f}" if np.isfinite(r) else "")
-            ax.annotate(
-                text, (w, d), xytext=(0, 10), textcoords="offset points", ha="center", fontsize="small"
-            )
+            ax.annotate(text, (w, d), xytext=(0, 10), textcoords="offset points", ha="center", fontsize=SMALL)
     handles = [
         *phase_handles(coloured=True),
         Line2D([], [], label="w_c*(d), CI: phase boundary", **star_style),
     ]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
+    fig.legend(handles=handles, loc="outside right upper", fontsize=SMALL)
     title = "phase diagram (phases from L_inf and t*; w_c*)"
     ax.set(xscale="log", xlabel=WIDTH_LABEL, ylabel=DEPTH_LABEL, title=title)
-    ax.set_xticks(widths, [str(w) for w in widths], fontsize="small")
-    ax.minorticks_off()
+    width_ticks(ax, widths)
     ax.set_yticks(depths)
     ax.set_ylim(depths.min() - 0.5, depths.max() + 0.5)
     ax.grid(True, alpha=0.3)

@@ -29,6 +29,10 @@ LABELS = {  # name: (long_name, units)
         "top eigenvalue of the training loss's Hessian in theta (power iteration; NaN: not measured)",
         NATS,
     ),
+    "sharpness_residual": (
+        "relative residual ||H v - lambda v|| / |lambda| of the sharpness (NaN: not measured)",
+        "1",
+    ),
     "status": ("how the run ended: completed or diverged", ""),  # a string: no unit
     "diverged_step": (
         "SGD step at which the run diverged, -1: none (trainer: first non-finite loss; "

@@ -31,6 +31,7 @@ VARIABLES = {  # name: (long_name, units); sharpness: bachglass.labels (the stab
     "accuracy": ("next-note accuracy on the training chorales (argmax of each voice's softmax)", "1"),
     "heldout_accuracy": ("next-note accuracy on the held-out chorales", "1"),
     "sharpness": labels.LABELS["sharpness"],
+    "sharpness_residual": labels.LABELS["sharpness_residual"],
 }
 
 
@@ -39,7 +40,8 @@ class ProbesConfig:
     """The ``probes`` section of params.yaml (see the comments there)."""
 
     sharpness_per_decade: int  # sharpness checkpoints per decade of step; 0 = no sharpness
-    power_iterations: int  # Hessian-vector products per sharpness value
+    power_iterations: int  # at most this many Hessian-vector products per sharpness value
+    power_tolerance: float  # ... fewer once the relative residual ‖Hv − λv‖/|λ| is below this
     sharpness_chorales: int  # the first N training chorales define the loss whose Hessian is probed
     device: str  # cpu | cuda | auto (CUDA when present)
 
@@ -184,16 +186,33 @@ def start_vector(n: int, seed: int = 0, device: torch.device | None = None) -> T
     return (v / torch.linalg.vector_norm(v)).to(device)
 
 
-def _power_iteration(hvp: Callable[[Tensor], Tensor], v: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
-    """Rayleigh quotients (...,) and unit vectors (..., n) after ``iterations`` products, rowwise."""
+def _power_iteration(
+    hvp: Callable[[Tensor], Tensor], v: Tensor, iterations: int, tolerance: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rayleigh quotients λ (...,), unit vectors v (..., n) and residuals ‖Hv − λv‖ (...,), rowwise.
+
+    At most ``iterations`` products; a row stops, keeping its λ and v, at the first product after which
+    its relative residual ‖Hv − λv‖/|λ| is at most ``tolerance``, and the loop stops once every row has.
+    A row's result is thus the same whichever rows share its batch (up to the batch's round-off).
+    """
     v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     for i in range(iterations):
         hv = hvp(v)
-        if i == iterations - 1:
+        value = (v * hv).sum(-1)
+        residual = torch.linalg.vector_norm(hv - value.unsqueeze(-1) * v, dim=-1)
+        if i == 0:
+            kept, kept_v, kept_residual = value, v, residual
+            done = torch.zeros_like(value, dtype=torch.bool)
+        else:
+            kept = torch.where(done, kept, value)
+            kept_v = torch.where(done.unsqueeze(-1), kept_v, v)
+            kept_residual = torch.where(done, kept_residual, residual)
+        done = done | (residual <= tolerance * value.abs())
+        if i == iterations - 1 or bool(done.all()):
             break
         norm = torch.linalg.vector_norm(hv, dim=-1, keepdim=True)
         v = torch.where(norm > 0, hv / norm, v)  # H v = 0: v is an eigenvector (of 0) already
-    return (v * hv).sum(-1), v
+    return kept, kept_v, kept_residual
 
 
 def top_eigenvalue(
@@ -208,7 +227,7 @@ def top_eigenvalue(
     if iterations < 1:
         raise ValueError(f"top_eigenvalue: iterations {iterations} must be at least 1")
     v = start_vector(n, seed) if v0 is None else v0
-    value, v = _power_iteration(hvp, v, iterations)
+    value, v, _ = _power_iteration(hvp, v, iterations)
     return float(value), v
 
 
@@ -223,37 +242,52 @@ def hessian_product(net: Net, theta: Tensor, batch: model.Batch) -> Callable[[Te
     return lambda v: torch.autograd.grad(grad, theta, v, retain_graph=True)[0]
 
 
-def sharpness(net: Net, theta: Tensor, batch: model.Batch, iterations: int, seed: int = 0) -> Tensor:
-    """Top Hessian eigenvalue (K,) of the loss of ``batch`` at each row of ``theta`` (K, N); NaN: not finite.
+def sharpness(
+    net: Net, theta: Tensor, batch: model.Batch, iterations: int, tolerance: float = 0.0, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Return λ_max (K,), the top Hessian eigenvalue, and its residual (K,) at each row θ_k of ``theta``.
 
-    All K power iterations run as one batched model from the same seeded start vector, not chained
-    warm starts: 2-4x cheaper on a CPU, and each value independent of which other checkpoints are
-    probed. On real runs (20 iterations vs 400) warm starts had the smaller median error but the
-    larger worst one (13 % vs 6 %): the top eigenvector rotates between log-spaced checkpoints.
+    The Hessian is that of the loss of ``batch``; the residual is the relative ‖Hv − λv‖/|λ|; both are
+    NaN where θ_k is not finite. Power
+    iteration (:func:`top_algebraic`) of at most ``iterations`` products, fewer for a row once its
+    residual is at most ``tolerance``. The residual bounds the error: some eigenvalue of H lies within
+    residual·|λ| of λ (Krylov-Weinstein), though not necessarily the top one. All K power iterations
+    run as one batched model from the same seeded start vector, not chained warm starts: 2-4x cheaper
+    on a CPU, and each value independent of which other checkpoints are probed. On real runs (20
+    iterations vs 400) warm starts had the smaller median error but the larger worst one (13 % vs 6 %):
+    the top eigenvector rotates between log-spaced checkpoints.
     """
     finite = torch.isfinite(theta).all(1)
-    out = theta.new_full((len(theta),), torch.nan)
+    value = theta.new_full((len(theta),), torch.nan)
+    residual = value.clone()
     if finite.any() and iterations > 0:
         live = theta[finite]
         start = start_vector(theta.shape[1], seed, theta.device).expand_as(live)
-        out[finite] = top_algebraic(hessian_product(net, live, batch), start, iterations).detach()
-    return out
+        top, res = top_algebraic(hessian_product(net, live, batch), start, iterations, tolerance)
+        value[finite], residual[finite] = top.detach(), res.detach()
+    return value, residual
 
 
-def top_algebraic(hvp: Callable[[Tensor], Tensor], start: Tensor, iterations: int) -> Tensor:
-    """Largest (algebraic, not absolute) eigenvalue per row: λ_max, the sharpness compared with 2/η.
+def top_algebraic(
+    hvp: Callable[[Tensor], Tensor], start: Tensor, iterations: int, tolerance: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Largest (algebraic, not absolute) eigenvalue λ_max per row, and its residual ‖Hv − λ_max v‖/|λ_max|.
 
-    Power iteration finds the eigenvalue of largest magnitude λ_1. Where that is negative (a saddle
-    direction steeper than the sharpest valley; seen late in some runs), a second pass on the
-    shifted operator H − λ_1 I, whose spectrum is ≥ 0 with top λ_max − λ_1, gives λ_max.
+    λ_max is the sharpness compared with 2/η. Power iteration finds the eigenvalue of largest magnitude
+    λ_1. Where that is negative (a saddle direction steeper than the sharpest valley; seen late in some
+    runs), a second pass on the shifted operator H − λ_1 I, whose spectrum is ≥ 0 with top λ_max − λ_1,
+    gives λ_max; its residual vector is that of H at λ_max.
     """
-    first, _ = _power_iteration(hvp, start, iterations)
+    first, _, residual = _power_iteration(hvp, start, iterations, tolerance)
     negative = first < 0
-    if not negative.any():
-        return first
-    shift = torch.where(negative, first, 0.0).detach().unsqueeze(-1)
-    second, _ = _power_iteration(lambda v: hvp(v) - shift * v, start, iterations)
-    return torch.where(negative, second + shift.squeeze(-1), first)
+    if negative.any():
+        shift = torch.where(negative, first, 0.0).detach().unsqueeze(-1)
+        second, _, second_residual = _power_iteration(
+            lambda v: hvp(v) - shift * v, start, iterations, tolerance
+        )
+        first = torch.where(negative, second + shift.squeeze(-1), first)
+        residual = torch.where(negative, second_residual, residual)
+    return first, residual / first.abs()
 
 
 def probe_run(
@@ -278,13 +312,16 @@ def probe_run(
         "accuracy": accuracy(net, theta, train),
         "heldout_accuracy": nan if heldout is None else accuracy(net, theta, heldout),
         "sharpness": nan.clone(),
+        "sharpness_residual": nan.clone(),
     }
     probed = np.isin(steps, sharpness_steps(steps, config.sharpness_per_decade))
     index = torch.as_tensor(np.flatnonzero(probed), device=device)
     first = (encoded["split"].values == "train").nonzero()[0][: config.sharpness_chorales]
     tokens, mask = encoded["tokens"].values[first], encoded["mask"].values[first]
     subset = model.encode_batch(tokens, mask, layout, F64, device)  # trimmed to their own length
-    values["sharpness"][index] = sharpness(net, theta[index], subset, config.power_iterations)
+    values["sharpness"][index], values["sharpness_residual"][index] = sharpness(
+        net, theta[index], subset, config.power_iterations, config.power_tolerance
+    )
     attrs = asdict(config) | {"sharpness_chorales": len(first)} | devices.attrs(device)  # as used
     return _dataset(trajectory, {k: v.cpu().numpy() for k, v in values.items()}, attrs)
 

@@ -45,6 +45,7 @@ VARIABLES = {  # name: (dims, long_name, units); None: the label of bachglass.la
         "1",
     ),
     "sharpness": (("time",), None, None),
+    "sharpness_residual": (("time",), None, None),
 }
 
 
@@ -63,6 +64,7 @@ class ScanConfig:
     checkpoints_per_decade: int
     sharpness_per_decade: int
     power_iterations: int
+    power_tolerance: float
 
 
 def scan_cell(
@@ -153,7 +155,7 @@ def scan_cell(
         "d%d_w%d B=%d: %d steps x %d runs in %.1f s (%.0f model-steps/s)",
         *(depth, width, batch_size, config.steps, n, seconds, config.steps * n / seconds),
     )
-    _sharpness(out["sharpness"], snapshots, cfg.cell, depth, width, layout, encoded, config, device)
+    _sharpness(out, snapshots, cfg.cell, depth, width, layout, encoded, config, device)
     diverged = np.array([m.diverged_step for m in ens.members])
     cell = _dataset(out, grid, cells, config, depth, width, batch_size, diverged, ens, specs)
     cell.attrs |= devices.attrs(device)
@@ -161,7 +163,7 @@ def scan_cell(
 
 
 def _sharpness(
-    values: np.ndarray,
+    out: dict[str, np.ndarray],
     snapshots: dict[int, torch.Tensor],
     cell: str,
     depth: int,
@@ -171,11 +173,14 @@ def _sharpness(
     config: ScanConfig,
     device: torch.device,
 ) -> None:
-    """Fill ``values`` (run, time) with λ_max of the full training loss at the snapshot checkpoints."""
+    """Fill ``out``'s sharpness (run, time), λ_max of the full training loss, and its residual."""
     net = probes.Net(cell, depth, width, layout.vocab_sizes)
     train_set, _ = model.encode_splits(encoded, layout, F64, device)
     for k, theta in snapshots.items():
-        values[:, k] = probes.sharpness(net, theta.to(F64), train_set, config.power_iterations).cpu().numpy()
+        value, residual = probes.sharpness(
+            net, theta.to(F64), train_set, config.power_iterations, config.power_tolerance
+        )
+        out["sharpness"][:, k], out["sharpness_residual"][:, k] = value.cpu().numpy(), residual.cpu().numpy()
 
 
 def _dataset(
@@ -223,6 +228,7 @@ def _dataset(
         "n_parameters": int(sum(s.size for s in specs)),
         "safety_norm": float(config.safety_norm),
         "power_iterations": int(config.power_iterations),
+        "power_tolerance": float(config.power_tolerance),
         "steps": int(config.steps),
     }
     train_params = {key: getattr(ens.config, key) for key in ("cell", "dtype", "device")}
