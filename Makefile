@@ -11,7 +11,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LOCK ?= requirements/cpu.txt
+LOCK_VENV := .venv-lock
+# the lock the venv was built from (so a plain `make run` keeps a CUDA venv), else the CPU lock
+LOCK ?= $(or $(file <$(STAMP)),requirements/cpu.txt)
 # Where the CPU build of torch comes from (the CUDA build is PyPI's default torch). Where pip's find-links
 # (PIP_FIND_LINKS) hold the wheel, as on CI, that copy is used; `make lock TORCH_CPU_INDEX=` then resolves offline.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -38,7 +40,7 @@ $(STAMP): pyproject.toml $(LOCK) $(if $(filter $(LOCK),$(file <$(STAMP))),,FORCE
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
-	$(if $(findstring +cpu,$(shell grep '^torch==' $(LOCK))),$(BIN)/pip install --quiet --retries 0 --extra-index-url $(TORCH_CPU_INDEX) "$$(grep '^torch==' $(LOCK))")
+	$(if $(and $(TORCH_CPU_INDEX),$(findstring +cpu,$(shell grep '^torch==' $(LOCK)))),$(BIN)/pip install --quiet --retries 0 --extra-index-url $(TORCH_CPU_INDEX) "$$(grep '^torch==' $(LOCK))")
 	$(BIN)/pip install --quiet -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip check
@@ -63,16 +65,21 @@ smoke: $(STAMP)
 gpu-check: $(STAMP)
 	bash bench/gpu_check.sh
 
-lock: $(STAMP)
-	$(BIN)/pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml $(LOCK_FOR) $(UPGRADE) --custom-compile-command "make lock" \
+# uv from a venv of its own: the project's venv may not install from a lock that pyproject.toml has outgrown.
+# uv keeps the pins of the file it writes where they still fit; a lock that did not change keeps its mtime.
+lock:
+	@$(MAKE) --no-print-directory check-python
+	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION); }
+	cp requirements/cpu.txt requirements/cuda.txt $(LOCK_VENV)/
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml $(LOCK_FOR) $(UPGRADE) --custom-compile-command "make lock" \
 		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) \
 		$(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match) \
-		-o requirements/cpu.txt
-	$(BIN)/uv pip compile pyproject.toml $(LOCK_FOR) $(UPGRADE) --custom-compile-command "make lock" \
-		--no-config -o requirements/cuda.txt
+		-o $(LOCK_VENV)/cpu.txt
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml $(LOCK_FOR) $(UPGRADE) --custom-compile-command "make lock" \
+		--no-config -o $(LOCK_VENV)/cuda.txt
+	for name in cpu cuda; do cmp -s $(LOCK_VENV)/$$name.txt requirements/$$name.txt || cp $(LOCK_VENV)/$$name.txt requirements/; done
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOCK_VENV)
 
 FORCE:

@@ -29,7 +29,8 @@ rows=()
 
 start=$(date +%s)
 if .venv/bin/pytest -q -p no:cacheprovider -k cuda tests >"$WORK/pytest.txt" 2>&1; then result=passed; else result=FAILED; fi
-rows+=("| CUDA tests (\`pytest -k cuda\`) | $result: $(grep -E '^[0-9]+ (passed|failed)' "$WORK/pytest.txt" | tail -1) | $(seconds "$start") |")
+counts=$(grep -E '^[0-9]+ (passed|failed|skipped|error)|no tests ran' "$WORK/pytest.txt" | tail -1 || true)
+rows+=("| CUDA tests (\`pytest -k cuda\`) | $result: $counts | $(seconds "$start") |")
 
 start=$(date +%s)
 if $PY bench/train_throughput.py --device cuda --sizes 1,16,256,1024 --shapes 1x16,2x32,3x64 --rounds 2 \
@@ -43,7 +44,7 @@ printf 'train: {device: cuda}\nprobes: {device: cuda}\n' >"$WORK/cuda.yaml"
 if (cd "$WORK/tree" && "$ROOT/.venv/bin/snakemake" --cores all --configfile tests/tiny.yaml "$WORK/cuda.yaml" \
   >"$WORK/study.txt" 2>&1); then
   recorded=$($PY -c 'import sys, xarray as xr; ds = xr.open_dataset(sys.argv[1]); print(ds.attrs["device"], "/", ds.attrs["device_name"])' \
-    "$WORK/tree/results/runs/d2_w8_s0/trajectory.nc")
+    "$WORK/tree/results/runs/d2_w8_s0/trajectory.nc" 2>&1 || true)
   result="passed; trajectories record $recorded"
 else
   result="FAILED (last lines below)"

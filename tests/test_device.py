@@ -50,11 +50,18 @@ def test_training_and_probes_refuse_cuda_rather_than_fall_back(encoded):
 @no_cuda
 @pytest.mark.parametrize("variable", device.SLURM_GPU_VARIABLES)
 def test_auto_in_a_slurm_job_with_gpus_stops_instead_of_training_on_the_cpu(monkeypatch, variable):
-    monkeypatch.setenv(variable, "0")
-    with pytest.raises(
-        ParamsError, match=rf"^train\.device: 'auto' in a SLURM job with GPUs \({variable}=0\)"
-    ):
+    value = "1" if variable == "SLURM_GPUS_ON_NODE" else "0,1"  # a count; GPU indices
+    monkeypatch.setenv(variable, value)
+    stop = rf"^train\.device: 'auto' in a SLURM job with GPUs \({variable}={value}\)"
+    with pytest.raises(ParamsError, match=stop):
         device.resolve("auto", "train.device")
+
+
+@no_cuda
+def test_a_slurm_job_without_gpus_trains_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert device.resolve("auto", "train.device") == torch.device("cpu")
 
 
 def test_auto_outside_slurm_and_cpu_anywhere_are_what_torch_has(monkeypatch):

@@ -339,3 +339,17 @@ def test_sharpness_is_the_largest_algebraic_eigenvalue_when_a_negative_one_domin
     top, residual = probes.top_algebraic(hvp, start, iterations=300)
     assert torch.allclose(top, torch.tensor([3.0, 10.0], dtype=torch.float64), atol=1e-6)
     assert (residual < 1e-6).all()
+
+
+def test_the_tolerance_is_relative_to_lambda_max_on_the_shifted_pass_too():
+    """Spectrum {-50, 5, 4.95, ...}: the shifted pass must stop on ‖Hv − λv‖/|λ_max|, not /|λ_max − λ_1|."""
+    gen = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(10, 10, generator=gen, dtype=torch.float64))
+    spectrum = torch.tensor([-50.0, 5.0, 4.95, 1.0, *[0.1] * 6], dtype=torch.float64)
+    a = q @ torch.diag(spectrum) @ q.T
+    start = probes.start_vector(10).unsqueeze(0)
+    value, residual = probes.top_algebraic(lambda v: v @ a, start, iterations=5000, tolerance=1e-3)
+    assert residual.item() <= 1e-3
+    assert (spectrum - value).abs().min() <= residual.item() * value.abs().item() + 1e-12
+    zero, zero_residual = probes.top_algebraic(torch.zeros_like, start, iterations=3, tolerance=1e-3)
+    assert zero.item() == 0.0 and zero_residual.item() == 0.0  # an exact eigenvector of 0, not 0/0

@@ -2,8 +2,8 @@
 
 The cluster is the single-node one tests/services/with-services.sh starts (`make test` as root on Debian):
 slurmctld, slurmd and slurmdbd with accounting, and two GPUs declared as a GRES. The jobs see no CUDA device,
-so the tests set train.device: cpu, as a user of such a node would: with auto, a job that SLURM gave a GPU
-stops rather than train on the CPU (bachglass.device). Elsewhere the live tests are skipped and say why.
+so the tiny study says train.device: cpu, as a user of such a node would: with auto, a job that SLURM gave a
+GPU stops rather than train on the CPU (bachglass.device). Elsewhere the live tests are skipped and say why.
 """
 
 import json
@@ -74,7 +74,6 @@ def site_profile(repo: Path, name: str) -> None:
         sizes = TEST_SIZES.get(rule, {"mem_mb": 1000})
         resources |= {"slurm_partition": "debug"} | sizes
     path.write_text(yaml.safe_dump(config | TEST_SETTINGS, sort_keys=False))
-    edit_params(repo, {"train": {"device": "cpu"}})  # its GPUs are GRES entries without CUDA
 
 
 def snakemake_on_slurm_cmd(name: str, *targets: str) -> list[str]:

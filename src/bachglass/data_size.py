@@ -142,7 +142,7 @@ def figure(ds: xr.Dataset) -> Figure:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Gather the studies' fits.nc, fit γ, write data_size.nc (atomically) and the figure."""
-    from bachglass.io import save_figure, write_netcdf
+    from bachglass.io import provenance, save_figure, write_netcdf
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fits", nargs="+", type=Path, help="fits.nc of each training-set size")
@@ -151,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ci", type=float, default=0.95)
     args = parser.parse_args(argv)
     ds = data_size(args.fits, args.ci)
+    ds.attrs |= provenance({"fits": [str(path) for path in args.fits], "ci": args.ci}, __file__)
     write_netcdf(ds.drop_vars("source"), args.out)
     for d in ds["depth"].values:
         at = ds.sel(depth=d)

@@ -23,7 +23,8 @@ from bachglass.errors import ParamsError
 log = logging.getLogger(__name__)
 
 NAMES = ("auto", "cpu", "cuda")
-SLURM_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")  # set for a job with GPUs
+# set in a SLURM job that has GPUs: the first two list their indices, the last counts them
+SLURM_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
 
 
 def resolve(name: str, key: str) -> torch.device:
@@ -33,7 +34,7 @@ def resolve(name: str, key: str) -> torch.device:
     usable = torch.cuda.is_available()
     if name == "cuda" and not usable:
         raise ParamsError(f"{key}: 'cuda' but {why_no_cuda()}; set {key}: cpu to compute on the CPU")
-    granted = [var for var in SLURM_GPU_VARIABLES if os.environ.get(var, "").strip()]
+    granted = [var for var in SLURM_GPU_VARIABLES if os.environ.get(var, "").strip() not in ("", "0")]
     if name == "auto" and granted and not usable:
         raise ParamsError(
             f"{key}: 'auto' in a SLURM job with GPUs ({granted[0]}={os.environ[granted[0]]}) but "

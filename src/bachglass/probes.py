@@ -5,7 +5,7 @@ the top eigenvalue of the training loss's Hessian in θ, at a log-spaced subset 
 Barkeshli 2023 protocol: power iteration on Hessian-vector products). Both run the network from
 the flat ``theta`` through a hand-written forward pass (:func:`logits`): cuDNN's RNN kernels have
 no double backward, and a batch of checkpoints runs as one batched model (the leading dim K), which
-is what makes ~100 checkpoints × 20 Hessian-vector products cheap on a CPU (under a second a run).
+is what makes ~20 sharpness checkpoints × up to 100 Hessian-vector products cheap on a CPU (seconds a run).
 Everything is computed in float64 (snapshots are stored in float32).
 """
 
@@ -187,13 +187,21 @@ def start_vector(n: int, seed: int = 0, device: torch.device | None = None) -> T
 
 
 def _power_iteration(
-    hvp: Callable[[Tensor], Tensor], v: Tensor, iterations: int, tolerance: float = 0.0
+    hvp: Callable[[Tensor], Tensor],
+    v: Tensor,
+    iterations: int,
+    tolerance: float = 0.0,
+    shift: Tensor | float = 0.0,
+    skip: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Rayleigh quotients λ (...,), unit vectors v (..., n) and residuals ‖Hv − λv‖ (...,), rowwise.
 
     At most ``iterations`` products; a row stops, keeping its λ and v, at the first product after which
-    its relative residual ‖Hv − λv‖/|λ| is at most ``tolerance``, and the loop stops once every row has.
-    A row's result is thus the same whichever rows share its batch (up to the batch's round-off).
+    its relative residual ‖Hv − λv‖/|λ + shift| is at most ``tolerance`` (``hvp`` being H − shift·I, that
+    is the residual relative to the eigenvalue of the unshifted H), and the loop stops once every row has.
+    A row's result is thus the same whichever rows share its batch (up to the batch's round-off). Rows
+    in ``skip`` count as stopped from the start (their result is not wanted); a row whose λ is not finite
+    stops too.
     """
     v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
     for i in range(iterations):
@@ -202,12 +210,12 @@ def _power_iteration(
         residual = torch.linalg.vector_norm(hv - value.unsqueeze(-1) * v, dim=-1)
         if i == 0:
             kept, kept_v, kept_residual = value, v, residual
-            done = torch.zeros_like(value, dtype=torch.bool)
+            done = torch.zeros_like(value, dtype=torch.bool) if skip is None else skip.clone()
         else:
             kept = torch.where(done, kept, value)
             kept_v = torch.where(done.unsqueeze(-1), kept_v, v)
             kept_residual = torch.where(done, kept_residual, residual)
-        done = done | (residual <= tolerance * value.abs())
+        done = done | (residual <= tolerance * (value + shift).abs()) | ~torch.isfinite(value)
         if i == iterations - 1 or bool(done.all()):
             break
         norm = torch.linalg.vector_norm(hv, dim=-1, keepdim=True)
@@ -281,13 +289,14 @@ def top_algebraic(
     first, _, residual = _power_iteration(hvp, start, iterations, tolerance)
     negative = first < 0
     if negative.any():
-        shift = torch.where(negative, first, 0.0).detach().unsqueeze(-1)
+        shift = torch.where(negative, first, 0.0).detach()
         second, _, second_residual = _power_iteration(
-            lambda v: hvp(v) - shift * v, start, iterations, tolerance
+            lambda v: hvp(v) - shift.unsqueeze(-1) * v, start, iterations, tolerance, shift, ~negative
         )
-        first = torch.where(negative, second + shift.squeeze(-1), first)
+        first = torch.where(negative, second + shift, first)
         residual = torch.where(negative, second_residual, residual)
-    return first, residual / first.abs()
+    # an exact eigenvector of 0 (H v = 0) has residual 0, not 0/0
+    return first, torch.where(residual == 0, 0.0, residual / first.abs())
 
 
 def probe_run(

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-# The library lives in src/: make it importable here and in every job (local, conda or SLURM).
+# The library lives in src/: make it importable here and in every job (local or SLURM).
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 # (We set PYTHONPATH for the jobs; nothing is required from the user's environment.)
