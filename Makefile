@@ -4,16 +4,16 @@
 #               snakemake --lint too); as root on Debian, pytest runs with a live SLURM cluster and sshd (tests/services/)
 # Also:
 #   make smoke  the tiny study of the tests (about 2 minutes), in .smoke/ so it never touches results/
-#   make lock   re-resolve requirements/*.txt after an edit of pyproject.toml (UPGRADE=--upgrade: newest versions)
+#   make lock   re-resolve envs/*.txt after an edit of pyproject.toml (UPGRADE=--upgrade: newest versions)
 #   make gpu-check  on a GPU machine: CUDA tests, GPU benchmark, tiny study on cuda; bench/results/gpu_check.md
-# On a GPU node: make venv LOCK=requirements/cuda.txt (docs/development.md#the-locked-environment).
+# On a GPU node: make venv LOCK=envs/cuda.txt (docs/development.md#the-locked-environment).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK_VENV := .venv-lock
 # the lock the venv was built from (so a plain `make run` keeps a CUDA venv), else the CPU lock
-LOCK ?= $(or $(file <$(STAMP)),requirements/cpu.txt)
+LOCK ?= $(or $(wildcard $(file <$(STAMP))),envs/cpu.txt)
 # Where the CPU build of torch comes from (the CUDA build is PyPI's default torch). Where pip's find-links
 # (PIP_FIND_LINKS) hold the wheel, as on CI, that copy is used; `make lock TORCH_CPU_INDEX=` then resolves offline.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -70,14 +70,14 @@ gpu-check: $(STAMP)
 lock:
 	@$(MAKE) --no-print-directory check-python
 	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install --quiet uv==$(UV_VERSION); }
-	cp requirements/cpu.txt requirements/cuda.txt $(LOCK_VENV)/
+	cp envs/cpu.txt envs/cuda.txt $(LOCK_VENV)/
 	$(LOCK_VENV)/bin/uv pip compile pyproject.toml $(LOCK_FOR) $(UPGRADE) --custom-compile-command "make lock" \
 		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) \
 		$(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match) \
 		-o $(LOCK_VENV)/cpu.txt
 	$(LOCK_VENV)/bin/uv pip compile pyproject.toml $(LOCK_FOR) $(UPGRADE) --custom-compile-command "make lock" \
 		--no-config -o $(LOCK_VENV)/cuda.txt
-	for name in cpu cuda; do cmp -s $(LOCK_VENV)/$$name.txt requirements/$$name.txt || cp $(LOCK_VENV)/$$name.txt requirements/; done
+	for name in cpu cuda; do cmp -s $(LOCK_VENV)/$$name.txt envs/$$name.txt || cp $(LOCK_VENV)/$$name.txt envs/; done
 
 clean-venv:
 	rm -rf $(VENV) $(LOCK_VENV)

@@ -4,7 +4,7 @@
 #   2. the training benchmark on the GPU (bench/train_throughput.py --device cuda, ensembles up to 1024),
 #   3. the tiny study end to end with train.device and probes.device set to cuda, in a copy of the tree,
 # then writes a Markdown summary (default bench/results/gpu_check.md). Needs the CUDA venv:
-# make venv LOCK=requirements/cuda.txt. Stops with one line when torch cannot use CUDA.
+# make venv LOCK=envs/cuda.txt. Stops with one line when torch cannot use CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from workflow_helpers import ROOT
 
-LOCKS = {"cpu": ROOT / "requirements" / "cpu.txt", "cuda": ROOT / "requirements" / "cuda.txt"}
+LOCKS = {"cpu": ROOT / "envs" / "cpu.txt", "cuda": ROOT / "envs" / "cuda.txt"}
 # what only the CUDA build of torch pulls in
 CUDA_ONLY = re.compile(r"nvidia-.*|cuda-.*|triton")
 
@@ -36,7 +36,7 @@ def test_each_lock_pins_every_requirement_within_its_bounds(lock):
     locked = pins(lock)
     for req in project_requirements():
         name = canonicalize_name(req.name)
-        assert name in locked, f"requirements/{lock}.txt lacks {req.name}: run make lock"
+        assert name in locked, f"envs/{lock}.txt lacks {req.name}: run make lock"
         within = req.specifier.contains(locked[name], prereleases=True)
         assert within, f"{lock}: {name}=={locked[name]} vs {req}"
 

@@ -48,9 +48,7 @@ def resolve(name: str, key: str) -> torch.device:
 def why_no_cuda() -> str:
     """Why torch cannot use CUDA here, as a clause."""
     if torch.version.cuda is None:
-        return (
-            f"torch {torch.__version__} is a CPU build (on a GPU node: make venv LOCK=requirements/cuda.txt)"
-        )
+        return f"torch {torch.__version__} is a CPU build (on a GPU node: make venv LOCK=envs/cuda.txt)"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return (
         f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU "

@@ -170,7 +170,7 @@ PROVENANCE_KEYS = (
     "params_sha256",
     "software",
 )
-# the libraries whose versions the numbers depend on (all of them pinned in requirements/*.txt)
+# the libraries whose versions the numbers depend on (all of them pinned in envs/*.txt)
 SOFTWARE = ("torch", "numpy", "scipy", "xarray", "netCDF4", "music21", "matplotlib")
 
 
