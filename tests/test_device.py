@@ -11,7 +11,6 @@ from bachglass import device, probes, train
 from bachglass.errors import ParamsError
 
 torch.set_num_threads(1)
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
 PROBES = probes.ProbesConfig(
     sharpness_per_decade=1, power_iterations=5, power_tolerance=0.0, sharpness_chorales=2, device="cpu"
 )
@@ -28,7 +27,13 @@ def outside_slurm(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@no_cuda
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """A machine where torch cannot use CUDA (this one, or a GPU node whose CUDA is broken)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.usefixtures("no_cuda")
 @pytest.mark.parametrize("key", ["train.device", "probes.device"])
 def test_cuda_without_a_usable_cuda_stops_in_one_line_saying_why(key):
     with pytest.raises(ParamsError) as err:
@@ -38,7 +43,7 @@ def test_cuda_without_a_usable_cuda_stops_in_one_line_saying_why(key):
     assert ("is a CPU build" if torch.version.cuda is None else "sees no usable GPU") in message
 
 
-@no_cuda
+@pytest.mark.usefixtures("no_cuda")
 def test_training_and_probes_refuse_cuda_rather_than_fall_back(encoded):
     with pytest.raises(ParamsError, match=r"^train\.device: 'cuda' but"):
         train.train_run(encoded, 1, 4, 0, train_config(device="cuda", steps=5), None, False)
@@ -47,17 +52,23 @@ def test_training_and_probes_refuse_cuda_rather_than_fall_back(encoded):
         probes.probe_run(run, encoded, dataclasses.replace(PROBES, device="cuda"))
 
 
-@no_cuda
+@pytest.mark.usefixtures("no_cuda")
 @pytest.mark.parametrize("variable", device.SLURM_GPU_VARIABLES)
 def test_auto_in_a_slurm_job_with_gpus_stops_instead_of_training_on_the_cpu(monkeypatch, variable):
-    value = "1" if variable == "SLURM_GPUS_ON_NODE" else "0,1"  # a count; GPU indices
-    monkeypatch.setenv(variable, value)
-    stop = rf"^train\.device: 'auto' in a SLURM job with GPUs \({variable}={value}\)"
-    with pytest.raises(ParamsError, match=stop):
-        device.resolve("auto", "train.device")
+    for value in ["1"] if variable == "SLURM_GPUS_ON_NODE" else ["0", "0,1"]:  # a count; GPU indices
+        monkeypatch.setenv(variable, value)
+        stop = rf"^train\.device: 'auto' in a SLURM job with GPUs \({variable}={value}\)"
+        with pytest.raises(ParamsError, match=stop):
+            device.resolve("auto", "train.device")
 
 
-@no_cuda
+def test_auto_in_a_slurm_job_with_a_usable_gpu_takes_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0")
+    assert device.resolve("auto", "train.device") == torch.device("cuda")
+
+
+@pytest.mark.usefixtures("no_cuda")
 def test_a_slurm_job_without_gpus_trains_on_the_cpu(monkeypatch):
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
     monkeypatch.setenv("SLURM_JOB_ID", "42")

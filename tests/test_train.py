@@ -209,12 +209,6 @@ def test_trajectory_round_trips_through_netcdf(encoded, tmp_path):
     xr.testing.assert_identical(io.read_netcdf(tmp_path / "trajectory.nc"), ds)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
-def test_cuda_without_a_gpu_is_a_params_error(encoded):
-    with pytest.raises(ParamsError, match=r"train\.device"):
-        run(encoded, device="cuda")
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_agrees_with_cpu_in_float64(encoded):
     gpu = run(encoded, device="auto", dtype="float64", steps=20)

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,18 @@ def test_tiny_study_writes_every_figure(tiny_study):
 def test_tiny_study_leaves_no_checkpoints_or_temp_files(tiny_study):
     leftovers = [*tiny_study.glob("results/**/*.tmp"), *tiny_study.glob("results/**/*.ckpt.pt")]
     assert leftovers == []
+
+
+def test_headline_numbers_reads_a_computed_study(tiny_study):
+    """The script that re-reads the docs' numbers runs on a real results folder and counts its runs."""
+    script = ROOT / "experiments/headline_numbers.py"
+    out = subprocess.run(
+        [sys.executable, script, tiny_study / "results"], capture_output=True, text=True, check=True
+    ).stdout
+    with xr.open_dataset(tiny_study / "results/study.nc") as study:
+        n_runs = study.loss.isel(time=0).size
+    assert f"study.nc: {n_runs} runs" in out
+    assert "kappa" in out and "restart x0.5" in out and "power-law L_inf at the data floor" in out
 
 
 def test_rerun_is_a_no_op_and_outputs_are_reproducible(tiny_study, tmp_path):

@@ -23,7 +23,7 @@ from bachglass.errors import ParamsError
 log = logging.getLogger(__name__)
 
 NAMES = ("auto", "cpu", "cuda")
-# set in a SLURM job that has GPUs: the first two list their indices, the last counts them
+# set in a SLURM job that has GPUs: the first two list their indices ("0" is GPU 0), the last counts them
 SLURM_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
 
 
@@ -34,7 +34,7 @@ def resolve(name: str, key: str) -> torch.device:
     usable = torch.cuda.is_available()
     if name == "cuda" and not usable:
         raise ParamsError(f"{key}: 'cuda' but {why_no_cuda()}; set {key}: cpu to compute on the CPU")
-    granted = [var for var in SLURM_GPU_VARIABLES if os.environ.get(var, "").strip() not in ("", "0")]
+    granted = [var for var in SLURM_GPU_VARIABLES if slurm_gpus(var)]
     if name == "auto" and granted and not usable:
         raise ParamsError(
             f"{key}: 'auto' in a SLURM job with GPUs ({granted[0]}={os.environ[granted[0]]}) but "
@@ -43,6 +43,12 @@ def resolve(name: str, key: str) -> torch.device:
     if name == "auto":
         name = "cuda" if usable else "cpu"
     return torch.device(name)
+
+
+def slurm_gpus(variable: str) -> bool:
+    """Whether the SLURM variable says this job has GPUs: any index list, or a count above 0."""
+    value = os.environ.get(variable, "").strip()
+    return value not in ("", "0") if variable == "SLURM_GPUS_ON_NODE" else value != ""
 
 
 def why_no_cuda() -> str:
