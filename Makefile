@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml $(LOCK) $(if $(filter $(LOCK),$(file <$(STAMP))),,FORCE
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
-	$(if $(and $(TORCH_CPU_INDEX),$(findstring +cpu,$(shell grep '^torch==' $(LOCK)))),$(BIN)/pip install --quiet --retries 0 --extra-index-url $(TORCH_CPU_INDEX) "$$(grep '^torch==' $(LOCK))")
+	$(if $(and $(TORCH_CPU_INDEX),$(findstring +cpu,$(shell grep '^torch==' $(LOCK)))),$(BIN)/pip install --quiet --no-deps --retries 0 --extra-index-url $(TORCH_CPU_INDEX) "$$(grep '^torch==' $(LOCK))")
 	$(BIN)/pip install --quiet -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
 	$(BIN)/pip check

@@ -52,6 +52,17 @@ def runs(ds: xr.Dataset, name: str) -> None:
         print(f"  largest gradient norm at d = {depth}: {peak:.4g}")
 
 
+def reached(ds: xr.Dataset) -> None:
+    """Print which widths reached each threshold eps in every seed (and in some)."""
+    done = np.isfinite(ds.tau)
+    for depth in ds.depth.values:
+        for eps in ds.eps.values:
+            n = done.sel(depth=depth, eps=eps).sum("seed")
+            every = ds.width.values[(n == ds.seed.size).values].tolist()
+            some = ds.width.values[((n > 0) & (n < ds.seed.size)).values].tolist()
+            print(f"  eps {eps:g} reached at d = {depth} by widths {every} (some seeds: {some})")
+
+
 def label(ds: xr.Dataset, sel: dict) -> str:
     """Name a run by its coordinates, e.g. 'depth 2, width 10, seed 1'."""
     return ", ".join(f"{dim} {ds[dim].values[i]}" for dim, i in sel.items())
@@ -59,7 +70,7 @@ def label(ds: xr.Dataset, sel: dict) -> str:
 
 def fits(f: xr.Dataset) -> None:
     """Floor fits, phases, critical fits and aging exponents of fits.nc."""
-    floor = float(f.attrs["data_floor"])
+    floor = float(f.attrs["data_floor"])  # > 0: the loss of a perfect memoriser of the training set
     at_floor = np.abs(f.L_inf / floor - 1) <= AT_FLOOR
     kept = ~f.diverged
     print(f"data floor {floor:.4g}; floor reference {span(f.floor_ref.values, '.4g')}")
@@ -81,11 +92,13 @@ def fits(f: xr.Dataset) -> None:
                     f"[{g.nu_lo.item():.2f}, {g.nu_hi.item():.2f}], {g.n_widths.item()} widths"
                 )
         print(f"  w_c* d = {depth}: {f.w_c_star.sel(depth=depth).item():.3g}")
-    print(
-        f"aging subset: mu {span(f.aging_mu.values)}, of Delta/(|theta|^2/N) "
-        f"{span(f.aging_mu_norm.values)}; phases {f.aging_phase.values.ravel().tolist()} "
-        f"(first rule {f.aging_phase_legacy.values.ravel().tolist()})"
-    )
+    if "aging_mu" in f:
+        norm = span(f.aging_mu_norm.values) if "aging_mu_norm" in f else "n/a"
+        print(
+            f"aging subset: mu {span(f.aging_mu.values)}, of Delta/(|theta|^2/N) {norm}; "
+            f"phases {f.aging_phase.values.ravel().tolist()} "
+            f"(first rule {f.aging_phase_legacy.values.ravel().tolist()})"
+        )
     if "excluded_runs" in f.attrs:
         print(f"  left out of every fit: {f.attrs['excluded_runs']}")
 
@@ -110,11 +123,12 @@ def floor(f: xr.Dataset, results: Path) -> None:
             f"  ({g.lr.item():g}, {g.batch_size.item()}) eta/B {g.lr_over_batch.item():g}: "
             f"{g.sgd_floor_measured.item():.2g} [{seeds}] | {last}"
         )
-    print(
-        f"  kappa {f.sgd_floor_kappa.item():.2f} "
-        f"[{f.sgd_floor_kappa_lo.item():.2f}, {f.sgd_floor_kappa_hi.item():.2f}]"
-    )
-    for factor in f.restart.values:
+    if "sgd_floor_kappa" in f:
+        print(
+            f"  kappa {f.sgd_floor_kappa.item():.2f} "
+            f"[{f.sgd_floor_kappa_lo.item():.2f}, {f.sgd_floor_kappa_hi.item():.2f}]"
+        )
+    for factor in f.restart.values if "restart" in f.dims else []:
         g = f.sel(restart=factor)
         with xr.open_dataset(results / "sgd_floor" / f"restart_x{factor:g}.nc") as run:
             last = ends(run)
@@ -130,8 +144,11 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="a results/ folder of a computed study")
     results = parser.parse_args().results
     for name in ("study.nc", "aging.nc"):
-        with xr.open_dataset(results / name) as ds:
-            runs(ds, name)
+        if (results / name).exists():  # a study without an aging subset has no aging.nc
+            with xr.open_dataset(results / name) as ds:
+                runs(ds, name)
+                if name == "study.nc":
+                    reached(ds)
     with xr.open_dataset(results / "fits.nc") as f:
         fits(f)
         floor(f, results)
