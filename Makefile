@@ -13,7 +13,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK_VENV := .venv-lock
 # the lock the venv was built from (so a plain `make run` keeps a CUDA venv), else the CPU lock
-LOCK ?= $(or $(wildcard $(file <$(STAMP))),envs/cpu.txt)
+# ($(shell cat), not $(file <): macOS ships GNU make 3.81, which has no $(file))
+BUILT_FROM := $(shell cat $(STAMP) 2>/dev/null)
+LOCK ?= $(or $(wildcard $(BUILT_FROM)),envs/cpu.txt)
 # Where the CPU build of torch comes from (the CUDA build is PyPI's default torch). Where pip's find-links
 # (PIP_FIND_LINKS) hold the wheel, as on CI, that copy is used; `make lock TORCH_CPU_INDEX=` then resolves offline.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -35,7 +37,7 @@ check-python:
 
 # The lock's torch first: the CPU lock's torch==…+cpu is on the CPU index (or this machine's disk), not on PyPI.
 # A fresh venv each time, so that it holds the lock and nothing else.
-$(STAMP): pyproject.toml $(LOCK) $(if $(filter $(LOCK),$(file <$(STAMP))),,FORCE)
+$(STAMP): pyproject.toml $(LOCK) $(if $(filter $(LOCK),$(BUILT_FROM)),,FORCE)
 	@$(MAKE) --no-print-directory check-python
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)

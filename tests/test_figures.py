@@ -373,6 +373,8 @@ def test_every_figure_is_readable_on_a_slide(dense, tmp_path):
         texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
         assert [(t.get_text(), t.get_fontsize()) for t in texts if t.get_fontsize() < SMALL] == [], name
         for ax in fig.axes:
+            empty = ax.get_visible() and not (ax.has_data() or ax.texts or ax.get_legend())
+            assert not empty, (name, ax.get_title())
             for axis in (ax.xaxis, ax.yaxis):
                 labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
                 boxes = [t.get_window_extent(renderer) for t in labels]

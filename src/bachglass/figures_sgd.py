@@ -87,6 +87,7 @@ def sgd_floor_scaling(study: xr.Dataset, fits: xr.Dataset) -> Figure:
     fig, axes = panels(2, sharex=False, sharey=False)
     if "sgd_floor_measured" not in fits:
         axes[0, 0].text(0.5, 0.5, "no floor runs (params.yaml sgd_floor settings empty)", ha="center")
+        axes[0, 1].set_visible(False)  # no restarts without a parent run
         return fig
     data_floor = float(fits.attrs["data_floor"])
     ax = axes[0, 0]
