@@ -3,8 +3,9 @@
 A redesign of the pipeline may change file layouts and provenance attributes but must not change a
 number. This walks the combined files (``study.nc``, ``aging.nc``, ``langevin.nc``, ``stability.nc``,
 ``fits.nc``, the floor runs) and the reports (``science_checks.md``, ``metrics.json``) of two
-``results/`` folders and prints, per file, the variables whose values differ (NaN equal to NaN) and
-the attributes that differ; the provenance attributes (code and params hashes) are listed apart.
+``results/`` folders and prints, per file, the variables whose values differ (NaN equal to NaN), how far
+each float one moved, and the attributes that differ; the provenance attributes (code and params hashes)
+are listed apart.
 
     python experiments/compare_results.py /path/to/old/results /path/to/new/results
     python experiments/compare_results.py --digest results   # one value hash per file, to compare later
@@ -59,6 +60,22 @@ def compare_netcdf(old: Path, new: Path) -> tuple[list[str], list[str], list[str
         keys = sorted(set(a.attrs) | set(b.attrs))
         differ = [k for k in keys if str(a.attrs.get(k)) != str(b.attrs.get(k)) and not moved(a, b, k)]
     return variables, [k for k in differ if k not in PROVENANCE], [k for k in differ if k in PROVENANCE]
+
+
+def relative_change(old: Path, new: Path, name: str) -> str | None:
+    """How far a float variable moved, |new - old|/|new| over the entries finite and nonzero in both."""
+    with xr.open_dataset(old) as a, xr.open_dataset(new) as b:
+        if name not in a or name not in b or a[name].shape != b[name].shape or a[name].dtype.kind != "f":
+            return None
+        x, y = a[name].values, b[name].values
+    ok = np.isfinite(x) & np.isfinite(y) & (y != 0)
+    if not ok.any():
+        return None
+    change = np.abs(y[ok] - x[ok]) / np.abs(y[ok])
+    return (
+        f"    {name}: relative change median {np.median(change):.2g}, 90th percentile "
+        f"{np.quantile(change, 0.9):.2g}, max {change.max():.2g} ({ok.sum()} values)"
+    )
 
 
 def value_digest(path: Path) -> str:
@@ -150,6 +167,9 @@ def main() -> int:
                 f"{new.relative_to(args.new)}: {verdict}; variables {variables}, attributes {attrs}; "
                 f"provenance {provenance}"
             )
+            for name in variables:
+                if (summary := relative_change(old, new, name)) is not None:
+                    print(summary)
     for name in TEXT:
         old, new = args.old / name, args.new / name
         if old.exists():

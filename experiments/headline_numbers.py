@@ -50,6 +50,14 @@ def runs(ds: xr.Dataset, name: str) -> None:
     for depth in ds.depth.values:
         peak = ds.grad_norm_max.sel(depth=depth).max().item()
         print(f"  largest gradient norm at d = {depth}: {peak:.4g}")
+    if "sharpness_residual" in ds:
+        residual = ds.sharpness_residual.values[np.isfinite(ds.sharpness_residual.values)]
+        tolerance = ds.sharpness.attrs["power_tolerance"]
+        print(
+            f"  sharpness: {int((residual <= tolerance).sum())} of {residual.size} values converged to "
+            f"{tolerance:g} within {ds.sharpness.attrs['power_iterations']} products; residual median "
+            f"{np.median(residual):.2g}, max {residual.max():.2g}"
+        )
 
 
 def reached(ds: xr.Dataset) -> None:
